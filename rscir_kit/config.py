@@ -1,0 +1,75 @@
+"""Where data, weights, caches and outputs live: environment variables with sane defaults.
+
+| variable        | meaning                                                   | default                      |
+|-----------------|-----------------------------------------------------------|------------------------------|
+| RSCIR_DATA      | data root (holds ``ucm/``, ``PatternNet/``, ...)          | ``~/.cache/rscir_kit/data``  |
+| RSCIR_WEIGHTS   | folder of local model weights (e.g. the offline stand-in) | unset                        |
+| RSCIR_MODEL     | default model spec for notebooks and the CLI              | see :func:`default_model`    |
+| RSCIR_CACHE     | feature cache folder                                      | ``~/.cache/rscir_kit/features`` |
+| RSCIR_DEVICE    | ``auto`` / ``cpu`` / ``cuda`` / ``cuda:1``                | ``auto``                     |
+| RSCIR_OUTPUT    | where the main job writes notebooks, figures and tables  | ``./outputs``                |
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+STANDIN_NAME = "ucm-minilm-standin"
+PAPER_DEFAULT_MODEL = "remoteclip-vit-l-14"
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name, "").strip()
+    return Path(value).expanduser().resolve() if value else None
+
+
+def data_root() -> Path:
+    """Data root: ``$RSCIR_DATA`` or ``~/.cache/rscir_kit/data`` (downloads go there)."""
+    return _env_path("RSCIR_DATA") or Path("~/.cache/rscir_kit/data").expanduser()
+
+
+def weights_root() -> Path | None:
+    """Local weights folder (``$RSCIR_WEIGHTS``) or None."""
+    return _env_path("RSCIR_WEIGHTS")
+
+
+def cache_dir() -> Path:
+    """Feature cache: ``$RSCIR_CACHE`` or ``~/.cache/rscir_kit/features``."""
+    return _env_path("RSCIR_CACHE") or Path("~/.cache/rscir_kit/features").expanduser()
+
+
+def output_dir() -> Path:
+    """Output folder of the main job: ``$RSCIR_OUTPUT`` or ``./outputs``."""
+    return _env_path("RSCIR_OUTPUT") or Path("outputs").resolve()
+
+
+def standin_path() -> Path | None:
+    """Path of the offline stand-in model if ``$RSCIR_WEIGHTS`` holds it."""
+    root = weights_root()
+    if root is not None and (root / STANDIN_NAME / "open_clip_config.json").is_file():
+        return root / STANDIN_NAME
+    return None
+
+
+def default_model() -> str:
+    """``$RSCIR_MODEL``; else the offline stand-in when ``$RSCIR_WEIGHTS`` has it; else RemoteCLIP ViT-L/14."""
+    value = os.environ.get("RSCIR_MODEL", "").strip()
+    if value:
+        return value
+    standin = standin_path()
+    if standin is not None:
+        return f"local-dir:{standin}"
+    return PAPER_DEFAULT_MODEL
+
+
+def default_device() -> str:
+    return os.environ.get("RSCIR_DEVICE", "auto").strip() or "auto"
+
+
+def resolve_device(device: str | None = "auto"):
+    """``'auto'`` → CUDA when available else CPU; anything else is passed to ``torch.device``."""
+    import torch
+
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
