@@ -1,0 +1,187 @@
+"""PatternCom (Psomas et al., 2024): composed queries on PatternNet, with the official protocol.
+
+Files: one CSV per attribute (``color.csv``, ``context.csv``, ...), rows ``filename,attribute,value``
+(no header in the official release; a header row is accepted). Protocol, exactly as the official
+``evaluate.py``:
+
+- the class of a row is its filename's prefix before the first digit (``swimmingpool001.jpg`` →
+  ``swimmingpool``);
+- query groups are attribute + class, classes merged per attribute (:data:`CLASS_MERGES`);
+- every row is a query image; its prompts are the other values of its group; the text query is the
+  value string itself;
+- the archive is every image of the feature file; a retrieved image is relevant iff it is a row of
+  the same CSV, has the prompt's value, and has the query's class under the global merge map
+  (all ten merges together, :data:`GLOBAL_MERGE`);
+- AP over the full ranking per (query, prompt); mAP per attribute; Avg = mean of the attributes.
+
+Quirks kept for parity (documented, see README): archive images are matched by *basename*; when a
+filename appears in several rows of one CSV, its *last* row decides its value for relevance (as the
+official filename→row map does); the query image itself stays in the ranking (it is never relevant,
+its value differs from the prompt); pairs without positives count as AP 0 (``on_empty='zero'``).
+Deliberate differences: rows whose image is absent from the archive raise a DataError (the official
+code drops them silently and misaligns its prompt list), and unknown classes are errors.
+"""
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError
+from ..queries import QuerySet
+from .patternnet import PATTERNNET_CLASSES
+
+ATTRIBUTES = ("color", "context", "density", "existence", "quantity", "shape")
+
+#: Per-attribute class merges that define the query groups (official code).
+CLASS_MERGES: dict[str, dict[str, str]] = {
+    "density": {"denseresidential": "residential", "sparseresidential": "residential"},
+    "shape": {"closedroad": "road", "intersection": "road"},
+    "context": {"bridge": "roadpass", "overpass": "roadpass"},
+    "existence": {"ferryterminal": "pier", "harbor": "pier", "parkingspace": "parking", "parkinglot": "parking"},
+}
+#: All ten merges together: the class identity used for relevance.
+GLOBAL_MERGE: dict[str, str] = {k: v for merges in CLASS_MERGES.values() for k, v in merges.items()}
+
+_CLASS_RE = re.compile(r"\d")
+
+
+def class_of(filename: str) -> str:
+    """PatternCom class of a file name: the prefix before the first digit."""
+    name = Path(filename).name
+    prefix = _CLASS_RE.split(name, maxsplit=1)[0]
+    if prefix == name:
+        raise DataError(f"file name {filename!r} has no digit; PatternNet names look like 'swimmingpool001.jpg'")
+    return prefix
+
+
+def read_attribute_csv(path) -> pd.DataFrame:
+    """Rows of one PatternCom CSV as a DataFrame (filename, attribute, value, class, line).
+
+    Raises DataError naming the file and line for a malformed row or an unknown class.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"PatternCom file {path} not found; download PatternCom (see README) and pass its folder")
+    known = set(PATTERNNET_CLASSES.values())
+    rows = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for line_no, row in enumerate(csv.reader(fh), start=1):
+            if not row or all(not c.strip() for c in row):
+                continue
+            if line_no == 1 and [c.strip().lower() for c in row[:3]] == ["filename", "attribute", "value"]:
+                continue
+            if len(row) != 3 or not all(c.strip() for c in row):
+                raise DataError(f"{path}, line {line_no}: expected 3 non-empty fields 'filename,attribute,value', "
+                                f"got {row!r}; fix or remove the row")
+            filename, attribute, value = (c.strip() for c in row)
+            try:
+                cls = class_of(filename)
+            except DataError as exc:
+                raise DataError(f"{path}, line {line_no}: {exc}") from None
+            if cls not in known:
+                raise DataError(f"{path}, line {line_no}: unknown class {cls!r} (from {filename!r}); "
+                                f"PatternNet classes are {sorted(known)}")
+            rows.append((filename, attribute, value, cls, line_no))
+    if not rows:
+        raise DataError(f"{path} has no rows")
+    return pd.DataFrame(rows, columns=["filename", "attribute", "value", "class", "line"])
+
+
+def build_attribute_queries(rows: pd.DataFrame, attribute: str, archive_basenames: np.ndarray,
+                            missing: str = "error", source: str = "") -> tuple[pd.DataFrame, list[np.ndarray]]:
+    """Query pairs and positive sets of one attribute's rows (see module doc)."""
+    merges = CLASS_MERGES.get(attribute, {})
+    group = rows["class"].map(lambda c: merges.get(c, c))
+    gclass = rows["class"].map(lambda c: GLOBAL_MERGE.get(c, c))
+
+    index = {}
+    for i, name in enumerate(archive_basenames):
+        index.setdefault(name, i)
+    in_archive = rows["filename"].map(lambda f: f in index)
+    if not in_archive.all():
+        absent = rows.loc[~in_archive, ["filename", "line"]]
+        msg = (f"{source}: {len(absent)} query image(s) are not in the archive features, e.g. "
+               + ", ".join(f"{f} (line {ln})" for f, ln in absent.head(5).itertuples(index=False))
+               + "; extract features for all PatternNet images (rscir-kit extract)")
+        if missing == "error":
+            raise DataError(msg)
+
+    # Relevance label of each archive image: the last CSV row naming it (official filename→row map).
+    last = rows.assign(gclass=gclass).drop_duplicates("filename", keep="last")
+    last = last[last["filename"].map(lambda f: f in index)]
+    positives: dict[tuple[str, str], np.ndarray] = {
+        key: np.sort(np.array([index[f] for f in grp["filename"]], dtype=np.int64))
+        for key, grp in last.groupby(["gclass", "value"], sort=False)
+    }
+
+    values_of_group = rows.groupby(group)["value"].agg(lambda s: sorted(set(s)))
+    pairs, sets, set_ids = [], [], {}
+    for r, g, gc, present in zip(rows.itertuples(index=False), group, gclass, in_archive):
+        if not present:
+            continue
+        for prompt in values_of_group[g]:
+            if prompt == r.value:
+                continue
+            key = (gc, prompt)
+            if key not in set_ids:
+                set_ids[key] = len(sets)
+                sets.append(positives.get(key, np.zeros(0, dtype=np.int64)))
+            pairs.append((r.filename, prompt, set_ids[key], attribute, r[3], g, r.value, prompt, r.line))
+    table = pd.DataFrame(pairs, columns=["query_basename", "text", "positive_id", "attribute", "query_class",
+                                         "group", "query_value", "target_value", "line"])
+    return table, sets
+
+
+class PatternCom:
+    """The PatternCom benchmark: a folder holding ``<attribute>.csv`` files (or ``PatternCom/<attribute>.csv``).
+
+    >>> bench = PatternCom("~/data/PatternNet")              # doctest: +SKIP
+    >>> queries = bench.queries(archive.paths)              # QuerySet over the archive
+    """
+
+    def __init__(self, root):
+        root = Path(root).expanduser()
+        for candidate in (root, root / "PatternCom", root / "patterncom"):
+            if any((candidate / f"{a}.csv").is_file() for a in ATTRIBUTES):
+                self.root = candidate
+                break
+        else:
+            raise DataError(f"no PatternCom CSVs ({', '.join(a + '.csv' for a in ATTRIBUTES)}) in {root} or "
+                            f"{root / 'PatternCom'}; download PatternCom from the official WeiCom repository "
+                            "(github.com/billpsomas/rscir) and pass its folder")
+
+    @property
+    def attributes(self) -> list[str]:
+        return [a for a in ATTRIBUTES if (self.root / f"{a}.csv").is_file()]
+
+    def rows(self, attribute: str) -> pd.DataFrame:
+        if attribute not in ATTRIBUTES:
+            raise DataError(f"unknown attribute {attribute!r}; PatternCom has {', '.join(ATTRIBUTES)}")
+        return read_attribute_csv(self.root / f"{attribute}.csv")
+
+    def queries(self, archive_paths, attributes=None, missing: str = "error") -> QuerySet:
+        """All (query, prompt) pairs of ``attributes`` as a QuerySet over ``archive_paths`` (N,).
+
+        ``missing='error'`` (default) raises on a query image absent from the archive; ``'drop'``
+        leaves such rows out (their images still count as relevant only if present).
+        """
+        archive_paths = np.asarray(archive_paths).astype(str)
+        basenames = np.array([Path(p).name for p in archive_paths])
+        by_name = {}
+        for p, b in zip(archive_paths, basenames):
+            by_name.setdefault(b, p)
+        tables, all_sets = [], []
+        for attribute in attributes or self.attributes:
+            csv_path = self.root / f"{attribute}.csv"
+            table, sets = build_attribute_queries(self.rows(attribute), attribute, basenames, missing, str(csv_path))
+            table["positive_id"] += len(all_sets)
+            all_sets.extend(sets)
+            tables.append(table)
+        table = pd.concat(tables, ignore_index=True)
+        table.insert(0, "query_path", table.pop("query_basename").map(by_name))
+        return QuerySet("PatternCom", table, all_sets, archive_paths,
+                        {"protocol": "official WeiCom evaluate.py (see rscir_kit.datasets.patterncom)"})
