@@ -243,7 +243,6 @@ def qualitative_grid(query_image, text: str, rows: Sequence[dict], model: str | 
     optional ``labels`` (captions under each image) and ``ap`` (in [0, 1] or None).  Paths are read with
     ``loader`` (default PIL)."""
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
 
     k = max((len(r["images"]) for r in rows), default=0)
     n = len(rows)
@@ -264,17 +263,7 @@ def qualitative_grid(query_image, text: str, rows: Sequence[dict], model: str | 
         ap_text = "" if ap is None else f"\nAP {100 * float(ap):.1f}"
         axes[i, 1].text(-0.08, 0.5, f"λ={lam:g}{end}{ap_text}", transform=axes[i, 1].transAxes, ha="right",
                         va="center", fontsize=8)
-        labels = row.get("labels") or [None] * len(row["images"])
-        for j, (item, pos, lab) in enumerate(zip(row["images"], row["positive"], labels)):
-            ax = axes[i, j + 1]
-            img = _as_image(item, loader)
-            ax.imshow(img)
-            h, w = img.shape[:2]
-            ax.add_patch(Rectangle((0, 0), w - 1, h - 1, fill=False,
-                                   edgecolor=POSITIVE_COLOR if pos else NEGATIVE_COLOR,
-                                   linewidth=4 if pos else 0.8))
-            if lab:
-                ax.set_title(str(lab), fontsize=6, color=POSITIVE_COLOR if pos else "#555555")
+        draw_image_row(axes[i, 1:1 + len(row["images"])], row["images"], row["positive"], row.get("labels"), loader)
     fig.suptitle(title or "Top-k archive images for several λ (green outline: positive)", fontsize=10)
     fig.tight_layout(rect=(0.04, 0.04, 1, 0.95))
     return stamp(fig, model)
@@ -287,6 +276,32 @@ def _wrap(text: str, width: int) -> str:
 
 
 # --------------------------------------------------------------------------------------------- scores
+def draw_score_distributions(axes, raw: dict[str, np.ndarray], normalized: dict[str, np.ndarray],
+                             positives: np.ndarray | None = None, norm_name: str = "WeiCom (z-score → Φ)"):
+    """Draw the raw (``axes[0]``) and normalised (``axes[1]``) score histograms of each modality."""
+    colors = {"image": "#1f77b4", "text": "#d62728"}
+    pos = None if positives is None else np.asarray(positives, dtype=np.int64)
+    for ax, data, name in ((axes[0], raw, "raw cosine similarity"), (axes[1], normalized, norm_name)):
+        lo = min(float(np.min(v)) for v in data.values())
+        hi = max(float(np.max(v)) for v in data.values())
+        bins = np.linspace(lo, hi if hi > lo else lo + 1e-6, 50)
+        for mod, vals in data.items():
+            vals = np.asarray(vals, dtype=float).ravel()
+            c = colors.get(mod)
+            std = vals.std(ddof=1) if vals.size > 1 else 0.0
+            ax.hist(vals, bins=bins, alpha=0.45, color=c, density=True,
+                    label=f"{mod}: mean {vals.mean():.3f}, std {std:.3f}")
+            if pos is not None and pos.size:
+                ax.plot(vals[pos], np.zeros(pos.size), "|", color=c, ms=14, mew=1.5)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("score")
+        ax.set_ylabel("density")
+        ax.legend(fontsize=6)
+    if pos is not None and pos.size:
+        axes[0].text(0.99, 0.70, "ticks: positives", transform=axes[0].transAxes, ha="right", va="top", fontsize=6)
+    return axes
+
+
 def plot_score_distributions(raw: dict[str, np.ndarray], normalized: dict[str, np.ndarray],
                              positives: np.ndarray | None = None, model: str | None = None,
                              norm_name: str = "WeiCom (z-score → Φ)", title: str | None = None):
@@ -296,29 +311,28 @@ def plot_score_distributions(raw: dict[str, np.ndarray], normalized: dict[str, n
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    colors = {"image": "#1f77b4", "text": "#d62728"}
-    pos = None if positives is None else np.asarray(positives, dtype=np.int64)
-    for ax, data, name in ((axes[0], raw, "raw cosine similarity"), (axes[1], normalized, norm_name)):
-        lo = min(float(np.min(v)) for v in data.values())
-        hi = max(float(np.max(v)) for v in data.values())
-        bins = np.linspace(lo, hi if hi > lo else lo + 1e-6, 50)
-        for mod, vals in data.items():
-            vals = np.asarray(vals, dtype=float)
-            c = colors.get(mod)
-            ax.hist(vals, bins=bins, alpha=0.45, color=c, density=True,
-                    label=f"{mod}: mean {vals.mean():.3f}, std {vals.std(ddof=1) if vals.size > 1 else 0:.3f}")
-            if pos is not None and pos.size:
-                ax.plot(vals[pos], np.zeros(pos.size), "|", color=c, ms=14, mew=1.5)
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel("score")
-        ax.set_ylabel("density")
-        ax.legend(fontsize=7)
-    if pos is not None:
-        axes[0].text(0.99, 0.98, "ticks: positives", transform=axes[0].transAxes, ha="right", va="top",
-                     fontsize=7)
+    draw_score_distributions(axes, raw, normalized, positives, norm_name)
     fig.suptitle(title or "Score distributions over the archive for one query", fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 0.94))
     return stamp(fig, model)
+
+
+def draw_image_row(axes, images: Sequence, positive: Sequence[bool], labels: Sequence | None = None,
+                   loader: Callable | None = None):
+    """Show ``images`` in ``axes`` (one each), positives outlined in green, others in thin grey."""
+    from matplotlib.patches import Rectangle
+
+    labels = list(labels) if labels is not None else [None] * len(images)
+    for ax, item, pos, lab in zip(axes, images, positive, labels):
+        ax.axis("off")
+        img = _as_image(item, loader)
+        ax.imshow(img)
+        h, w = img.shape[:2]
+        ax.add_patch(Rectangle((0, 0), w - 1, h - 1, fill=False, edgecolor=POSITIVE_COLOR if pos else NEGATIVE_COLOR,
+                               linewidth=4 if pos else 0.8))
+        if lab:
+            ax.set_title(str(lab), fontsize=6, color=POSITIVE_COLOR if pos else "#555555")
+    return axes
 
 
 def plot_ap_vs_lambda(lams: Iterable[float], aps: Iterable[float], current: float | None = None,

@@ -1,0 +1,152 @@
+"""λ explorer logic without a browser: top-k, AP, AP curve, free text, figure and widget wiring."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from rscir_kit.errors import DataError  # noqa: E402
+from rscir_kit.explorer import LambdaExplorer  # noqa: E402
+from rscir_kit.methods import fuse  # noqa: E402
+from rscir_kit.metrics import average_precision  # noqa: E402
+from rscir_kit.queries import QuerySet  # noqa: E402
+
+D = 16
+
+
+def _unit(x):
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+class Archive:
+    def __init__(self, feats, paths, labels):
+        self.feats, self.paths, self.labels, self.meta = feats, np.asarray(paths), np.asarray(labels), {
+            "model": "local-dir:/w/ucm-minilm-standin"}
+
+
+class Texts:
+    def __init__(self, mapping):
+        self.mapping = mapping
+
+    def lookup(self, texts):
+        missing = [t for t in texts if t not in self.mapping]
+        if missing:
+            raise DataError(f"missing {missing}")
+        return np.stack([self.mapping[t] for t in texts])
+
+
+class Encoder:
+    def __init__(self):
+        self.calls = []
+
+    def encode_texts(self, texts, batch_size=256):
+        self.calls.append(list(texts))
+        return _unit(np.ones((len(texts), D)))
+
+
+@pytest.fixture
+def world():
+    """Archive: 10 images near the query's direction e0, 10 near the text's direction e1, 20 random."""
+    rng = np.random.default_rng(0)
+    e0, e1 = np.eye(D)[0], np.eye(D)[1]
+    near_img = _unit(e0 + 0.3 * rng.normal(size=(10, D)))
+    near_txt = _unit(e1 + 0.3 * rng.normal(size=(10, D)))
+    both = _unit(e0 + e1 + 0.2 * rng.normal(size=(5, D)))  # the composed targets
+    other = _unit(rng.normal(size=(20, D)))
+    feats = np.concatenate([near_img, near_txt, both, other])
+    paths = [f"c{i // 10}/img{i:02d}.jpg" for i in range(len(feats))]
+    labels = [p.split("/")[0] for p in paths]
+    archive = Archive(feats, paths, labels)
+    table = pd.DataFrame({"query_path": [paths[0], paths[0], paths[1]], "text": ["with e1", "other", "with e1"],
+                          "positive_id": [0, 1, 0], "attribute": ["a", "b", "a"]})
+    qs = QuerySet("toy", table, [np.arange(20, 25), np.array([30, 31])], np.asarray(paths))
+    texts = Texts({"with e1": _unit(e1), "other": _unit(rng.normal(size=D))})
+    return archive, qs, texts
+
+
+def test_two_lambdas_give_different_topk_and_correct_ap(world):
+    archive, qs, texts = world
+    ex = LambdaExplorer(archive, queries=qs, texts=texts, k=5)
+    s0 = ex.set(query="c0/img00.jpg", text="with e1", lam=0.0)
+    s1 = ex.set(lam=1.0)
+    s5 = ex.set(lam=0.5)
+    assert set(s0.topk) <= set(range(10)) and 0 in s0.topk  # image neighbours (the query itself first)
+    assert s0.topk[0] == 0
+    assert set(s1.topk) <= set(range(10, 25))  # text neighbours
+    assert not np.array_equal(s0.topk, s1.topk)
+    assert set(s5.topk) == set(range(20, 25)) and s5.positive.all()  # both modalities → the targets
+    # AP agrees with the engine's definitions (fuse + average_precision) computed independently.
+    s_img = archive.feats[0] @ archive.feats.T
+    s_txt = texts.lookup(["with e1"])[0] @ archive.feats.T
+    rel = np.zeros(len(archive.paths), bool)
+    rel[20:25] = True
+    for st in (s0, s1, s5):
+        ref = average_precision(fuse(s_img[None], s_txt[None], "weicom", st.lam)[0], rel)
+        assert st.ap == pytest.approx(ref, abs=1e-6)
+    assert s5.ap == pytest.approx(1.0) and s0.ap < s5.ap and s1.ap < s5.ap
+    lams, aps = s5.curve
+    assert lams[0] == 0.0 and lams[-1] == 1.0
+    assert aps[0] == pytest.approx(s0.ap, abs=1e-6) and aps[-1] == pytest.approx(s1.ap, abs=1e-6)
+    assert "AP 100.00" in s5.summary()
+
+
+def test_choices_and_positives(world):
+    archive, qs, texts = world
+    ex = LambdaExplorer(archive, queries=qs, texts=texts)
+    assert ex.query_paths == ["c0/img00.jpg", "c0/img01.jpg"]
+    assert ex.texts_for("c0/img00.jpg") == ["with e1", "other"] and ex.texts_for(5) == []
+    assert list(ex.positives_for(0, "other")) == [30, 31]
+    assert ex.positives_for(0, "not a benchmark text") is None
+    assert ex.set(query="img01", text="with e1").query == 1  # stem lookup
+    with pytest.raises(DataError, match="not in the archive"):
+        ex.set(query="nope.jpg")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        ex.set(lam=1.5)
+
+
+def test_free_text_uses_encoder_and_has_no_ap(world):
+    archive, qs, texts = world
+    with pytest.raises(DataError, match="no encoder"):
+        LambdaExplorer(archive, queries=qs, texts=texts).set(text="a free sentence")
+    enc = Encoder()
+    ex = LambdaExplorer(archive, queries=qs, texts=texts, encoder=enc, k=4)
+    st = ex.set(query=0, text="a free sentence", lam=0.4)
+    st2 = ex.set(lam=0.6)
+    assert enc.calls == [["a free sentence"]]  # embedded once, then cached
+    assert st.ap is None and st.curve is None and not st.positive.any() and st.text_source == "encoder"
+    assert "n/a" in st2.summary()
+    # encoder alone (no text features) works too
+    assert LambdaExplorer(archive, encoder=enc).set(query=3, text="x").text_source == "encoder"
+
+
+def test_figure_outlines_positives_and_is_labelled(world):
+    archive, qs, texts = world
+    ex = LambdaExplorer(archive, queries=qs, texts=texts, k=6)
+    st = ex.set(query=0, text="with e1", lam=0.5)
+    fig = ex.figure(st)
+    green = [p for ax in fig.axes for p in ax.patches if isinstance(p, Rectangle) and p.get_linewidth() == 4]
+    assert len(green) == int(st.positive.sum()) == 5
+    assert "STAND-IN" in fig._rscir_label
+    assert any("AP 100.00" in t.get_text() for t in fig.texts)
+    plt.close(fig)
+
+
+def test_widget_drives_the_same_logic(world):
+    archive, qs, texts = world
+    ex = LambdaExplorer(archive, queries=qs, texts=texts, k=5)
+    box = ex.widget()
+    w = ex._widgets
+    assert box is not None and w["query"].options == ("c0/img00.jpg", "c0/img01.jpg")
+    w["text"].value = "with e1"
+    w["lam"].value = 0.0
+    top_img = ex.state.topk.copy()
+    w["lam"].value = 1.0
+    assert ex.state.lam == 1.0 and not np.array_equal(top_img, ex.state.topk)
+    assert "AP" in w["info"].value
+    w["query"].value = "c0/img01.jpg"
+    assert ex.state.query_path == "c0/img01.jpg"
+    plt.close("all")
