@@ -33,18 +33,17 @@ ON_EMPTY = ("zero", "skip", "error")
 
 
 def _model_of(meta) -> str | None:
-    return (meta or {}).get("model")
+    meta = meta or {}
+    return meta.get("model") or meta.get("model_name")
 
 
 def _check_models(archive, others: dict) -> None:
-    """Every feature source must come from the archive's model (when both record one)."""
-    ref = _model_of(getattr(archive, "meta", None))
+    """Every feature source must come from the archive's model (ModelMismatchError otherwise)."""
+    from .features import check_same_model
+
     for what, obj in others.items():
-        model = _model_of(getattr(obj, "meta", None))
-        if ref and model and model != ref:
-            raise ModelMismatchError(
-                f"{what} were made with model {model!r} but the archive features with {ref!r}; "
-                f"embed both with the same model (re-run `rscir-kit encode-text --model {ref}` or extraction)")
+        check_same_model(getattr(archive, "meta", {}) or {}, getattr(obj, "meta", {}) or {},
+                         names=("the archive features", what))
 
 
 def _text_matrix(texts_needed: list[str], texts, archive) -> np.ndarray:
@@ -56,11 +55,7 @@ def _text_matrix(texts_needed: list[str], texts, archive) -> np.ndarray:
         _check_models(archive, {"text features": texts})
         return np.asarray(texts.lookup(texts_needed), dtype=np.float32)
     if hasattr(texts, "encode_texts"):
-        ref = _model_of(getattr(archive, "meta", None))
-        model = getattr(texts, "model_id", None)
-        if ref and model and model != ref:
-            raise ModelMismatchError(f"encoder {model!r} differs from the archive's model {ref!r}; "
-                                     "load the encoder the archive features were extracted with")
+        _check_models(archive, {"the text encoder": texts})
         return np.asarray(texts.encode_texts(texts_needed), dtype=np.float32)
     raise TypeError("texts must be TextFeatures (with .lookup) or an encoder (with .encode_texts)")
 
