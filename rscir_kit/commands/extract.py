@@ -1,0 +1,92 @@
+"""``extract`` (image features -> .npz, resumable) and ``encode-text`` (text features -> .npz) sub-commands."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .. import config
+from ..errors import DataError
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="model spec: preset (e.g. remoteclip-vit-l-14), ARCH:tag, ARCH:/path/ckpt.pt, hf-hub:org/name "
+                        "or local-dir:/path (default: $RSCIR_MODEL, else the stand-in in $RSCIR_WEIGHTS, "
+                        f"else {config.PAPER_DEFAULT_MODEL})")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: $RSCIR_DEVICE or auto)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="auto = fp16 on CUDA, fp32 on CPU")
+    p.add_argument("--activation", default="auto", choices=["auto", "quickgelu", "gelu", "official"],
+                   help="auto = the activation the weights were trained with; gelu/official = as the official WeiCom code")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "extract", help="encode an image collection into an image feature file (.npz); resumable",
+        description="Encode every image of a folder tree (class sub-folders) or a file list. Finished chunks are kept "
+                    "in OUT.partial/; after an interrupt, run the same command again to resume.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", metavar="DIR", help="folder with one sub-folder per class (label = folder name)")
+    src.add_argument("--file-list", metavar="CSV", help="CSV/TXT of image paths (+ labels), relative to --root")
+    p.add_argument("--root", metavar="DIR", default=None, help="image root for --file-list (default: the list's folder)")
+    p.add_argument("--out", required=True, metavar="FEATS.npz", help="output feature file")
+    _add_model_args(p)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--limit-per-class", type=int, default=None, help="keep the first N images per class (quick runs)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="recompute even if OUT or OUT.partial/ from the same model and image list exist")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_extract)
+
+    t = subparsers.add_parser("encode-text", help="encode texts (one per line) into a text feature file (.npz)")
+    t.add_argument("--texts-file", required=True, metavar="FILE", help="UTF-8 text file, one text per line; blank lines ignored")
+    t.add_argument("--out", required=True, metavar="TEXT.npz")
+    _add_model_args(t)
+    t.add_argument("--batch-size", type=int, default=256)
+    t.set_defaults(func=run_encode_text)
+
+
+def _encoder(args):
+    from ..encoders import load_encoder
+
+    return load_encoder(args.model or config.default_model(), device=args.device or "auto", precision=args.precision,
+                        activation=args.activation)
+
+
+def run_extract(args) -> int:
+    from ..features import extract_image_features
+    from ..imagesets import ImageCollection
+
+    if args.images:
+        coll = ImageCollection.from_folder(args.images, limit_per_class=args.limit_per_class)
+    else:
+        coll = ImageCollection.from_file_list(args.file_list, root=args.root, limit_per_class=args.limit_per_class)
+    t0 = time.perf_counter()
+    enc = _encoder(args)
+    print(f"rscir-kit extract: {coll}; {enc}", file=sys.stderr)
+    out = Path(args.out)
+    existed = out.exists()
+    feats = extract_image_features(coll, enc, out, batch_size=args.batch_size, resume=not args.no_resume,
+                                   progress=not args.quiet)
+    verb = "reused" if existed and not args.no_resume else "wrote"
+    print(f"rscir-kit extract: {verb} {out} ({len(feats)} x {feats.dim}) in {time.perf_counter() - t0:.1f} s",
+          file=sys.stderr)
+    return 0
+
+
+def run_encode_text(args) -> int:
+    from ..features import encode_texts
+
+    path = Path(args.texts_file)
+    if not path.is_file():
+        raise DataError(f"texts file not found: {path}")
+    texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    texts = [t for t in texts if t]
+    if not texts:
+        raise DataError(f"{path} holds no texts (one text per line, blank lines ignored)")
+    enc = _encoder(args)
+    tf = encode_texts(texts, enc, out=args.out, batch_size=args.batch_size)
+    print(f"rscir-kit encode-text: wrote {args.out} ({len(tf)} unique texts x {tf.feats.shape[1]})", file=sys.stderr)
+    return 0
