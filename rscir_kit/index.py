@@ -1,0 +1,663 @@
+"""Archive-scale composed search: exact WeiCom top-k without scoring the whole archive twice.
+
+WeiCom (λ ∈ [0, 1]) over an archive X (N, d) of unit rows, for an image query q_i and a text query q_t::
+
+    s_img = X q_i,  s_txt = X q_t                        (cosine similarities)
+    z     = (s - mean(s)) / std(s)                      (over the archive, unbiased std, ddof=1)
+    score = λ Φ(z_txt) + (1 - λ) Φ(z_img)               (Φ: standard normal CDF)
+
+Two facts make this cheap at archive scale:
+
+1. **Statistics without a pass.** ``mean(X q) = q·μ`` and ``var(X q) = qᵀ C q`` with μ, C the archive's mean and
+   unbiased covariance. The index stores μ and C (float64, d×d), so normalising any query costs O(d²).
+2. **Top-k without scoring everything.** The score is increasing in both similarities, so Fagin's threshold
+   algorithm (TA) finds the exact top-k from the two single-modality rankings alone: read both lists in order,
+   score every item seen exactly, and stop as soon as the k-th best score beats the score an unseen item could
+   at most reach (the WeiCom score of the current list positions).
+
+Exact semantics (what "exact" means here)
+-----------------------------------------
+The archive is stored as float16 (``N·d·2`` bytes, memory-mapped). The *reference* scores are defined on those
+stored values: similarities are float64 dot products of the stored float16 rows with the float32 query
+(upcast), μ and C are computed in float64 from the stored rows, and the ranking key is the WeiCom score
+evaluated in float64 as ``1 - [λ Q(z_txt) + (1-λ) Q(z_img)]`` with ``Q(z) = Φ(-z)`` the upper tail (the same
+number as ``λΦ(z_txt) + (1-λ)Φ(z_img)``, but ranked through the tail so that items with z > 8, where Φ
+rounds to 1.0 in float64, keep their order). Ties are broken by the lower archive index (a stable
+descending sort), as everywhere in the kit. ``mode="exact"`` returns exactly the top-k of ``mode="scan"`` (the
+two-pass brute force: full-pass statistics, then a full top-k). The FAISS lists are computed in float32; the TA
+threshold adds a rigorous float32 rounding bound (γ_{d+2}·‖x‖·‖q‖) so that float32 list order can never make
+it stop early.
+
+Modes of :meth:`ArchiveIndex.search`
+------------------------------------
+``"exact"``  TA over exact ranked lists from a flat FAISS inner-product index over the float16 rows
+             (``IndexScalarQuantizer`` QT_fp16, codes memory-mapped from disk); lists are deepened ×4 until the
+             threshold test passes, and a brute-force scan takes over when they run long (> N/8).
+``"fast"``   TA over approximate lists from the IVF (or HNSW / any ``index_factory`` string) index built with
+             ``fast=``; candidates are still re-scored exactly, so only recall (not the scores) is approximate.
+             Falls back to ``"exact"`` when the lists run long.
+``"scan"``   brute force, two passes (the reference): all N similarities in float64, their mean/std, then the
+             top-k of the full WeiCom score.
+
+Index directory (``ArchiveIndex.build(...)`` writes, ``ArchiveIndex.load(dir)`` reads)::
+
+    meta.json        format version, N, d, model id + the feature file's meta, fast factory, build times
+    flat.faiss       FAISS IndexScalarQuantizer(QT_fp16, inner product); its codes ARE the float16 archive
+                     (the last N·d·2 bytes), memory-mapped both by FAISS and as a numpy array for re-scoring
+    stats.npz        mu (d,), cov (d, d) float64 (ddof=1), n, max_norm (largest stored row norm)
+    fast.faiss       optional approximate index (default: IVF with float16 codes; PQ above 2M rows)
+    paths.npy, labels.npy   optional (N,) str
+
+GPU FAISS is used for the fast index when the installed FAISS has GPUs (``use_gpu="auto"``); untested here.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError, RscirError
+
+FORMAT_VERSION = 1
+MODES = ("exact", "fast", "scan")
+_CHUNK = 65536
+_TINY = 1e-12
+
+
+# ----------------------------------------------------------------------------------------- validation
+def _check_lambda(lam) -> float:
+    try:
+        value = float(lam)
+    except (TypeError, ValueError):
+        raise DataError(f"λ (lam) must be a number in [0, 1], got {lam!r}") from None
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise DataError(f"λ (lam) must lie in [0, 1] (0 = image only, 1 = text only), got {value}")
+    return value
+
+
+def _as_query(q, d: int, name: str) -> np.ndarray | None:
+    if q is None:
+        return None
+    arr = np.asarray(q, dtype=np.float32)
+    if arr.ndim == 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 1 or arr.shape[0] != d:
+        raise DataError(f"{name} query must be one vector of size d={d} (the index's embedding size), "
+                        f"got shape {np.shape(q)}")
+    if not np.all(np.isfinite(arr)):
+        raise DataError(f"{name} query contains NaN/inf")
+    return np.ascontiguousarray(arr)
+
+
+# ----------------------------------------------------------------------------------------- statistics
+@dataclass
+class ArchiveStats:
+    """Mean μ (d,) and unbiased covariance C (d, d) of the stored archive rows, float64.
+
+    For any query q: ``mean(X q) = q·μ`` and ``std(X q, ddof=1) = sqrt(qᵀ C q)`` — the full-pass WeiCom
+    normalisation in O(d²) instead of O(N d).
+    """
+
+    mu: np.ndarray
+    cov: np.ndarray
+    n: int
+    max_norm: float = 1.0
+
+    def moments(self, q) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and unbiased std of the similarities ``X q`` for queries q (d,) or (B, d) → arrays (B,)."""
+        q64 = np.atleast_2d(np.asarray(q, dtype=np.float64))
+        mean = q64 @ self.mu
+        var = np.einsum("bi,ij,bj->b", q64, self.cov, q64)
+        return mean, np.sqrt(np.maximum(var, 0.0))
+
+    def zscore(self, scores, q) -> np.ndarray:
+        """z-score of similarities ``scores`` (B, n) of queries q (B, d) with the archive statistics."""
+        mean, std = self.moments(q)
+        std = np.where(std > 0, std, np.inf)
+        return (np.asarray(scores, dtype=np.float64) - mean[:, None]) / std[:, None]
+
+
+def compute_stats(rows, chunk: int = _CHUNK, progress: bool = False) -> ArchiveStats:
+    """μ and C (ddof=1) of ``rows`` (N, d) (any float array or memmap) in float64, two chunked passes.
+
+    The covariance accumulates centred chunks ``(X-μ)ᵀ(X-μ)`` (no E[xxᵀ]-μμᵀ cancellation).
+    """
+    n, d = rows.shape
+    if n < 2:
+        raise DataError(f"an index needs at least 2 archive rows, got {n}")
+    total = np.zeros(d, np.float64)
+    max_sq = 0.0
+    for s in _progress(range(0, n, chunk), progress, "stats: mean"):
+        x = np.asarray(rows[s:s + chunk], dtype=np.float64)
+        total += x.sum(axis=0)
+        max_sq = max(max_sq, float(np.einsum("ij,ij->i", x, x).max()))
+    mu = total / n
+    gram = np.zeros((d, d), np.float64)
+    for s in _progress(range(0, n, chunk), progress, "stats: covariance"):
+        x = np.asarray(rows[s:s + chunk], dtype=np.float64) - mu
+        gram += x.T @ x
+    cov = gram / (n - 1)
+    cov = (cov + cov.T) / 2
+    return ArchiveStats(mu, cov, int(n), math.sqrt(max_sq))
+
+
+def _progress(it, on: bool, desc: str):
+    if not on:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, leave=False)
+
+
+# ----------------------------------------------------------------------------------------- scoring
+def _upper_tail(z):
+    from scipy.special import ndtr
+
+    return ndtr(-z)
+
+
+def weicom_tail(s_img, s_txt, lam: float, mean, std) -> np.ndarray:
+    """``λ Q(z_txt) + (1-λ) Q(z_img)`` (Q = 1 - Φ): the WeiCom score is ``1 - tail``; lower tail = better.
+
+    s_img / s_txt: similarities (float64; None allowed for a modality of weight 0); mean/std: (2,) for
+    (image, text). A modality with zero std contributes Φ(0) = 0.5 to every item.
+    """
+    out = 0.0
+    for s, w, m, sd in ((s_img, 1.0 - lam, mean[0], std[0]), (s_txt, lam, mean[1], std[1])):
+        if w == 0.0:
+            continue
+        z = (np.asarray(s, dtype=np.float64) - m) / sd if sd > 0 else np.zeros(np.shape(s))
+        out = out + w * _upper_tail(z)
+    return np.asarray(out, dtype=np.float64)
+
+
+def _stable_top(tail: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k best (lowest tail; ties → lower id) entries, best first."""
+    if len(tail) > 4 * k + 64:
+        kth = np.partition(tail, k - 1)[k - 1]
+        keep = np.flatnonzero(tail <= kth)
+    else:
+        keep = np.arange(len(tail))
+    order = np.lexsort((ids[keep], tail[keep]))
+    return keep[order[:k]]
+
+
+# ----------------------------------------------------------------------------------------- results
+@dataclass
+class SearchResult:
+    """Top-k of one composed query, best first.
+
+    indices (k,) int64 archive rows; scores (k,) WeiCom scores in [0, 1]; s_img / s_txt (k,) raw float64
+    cosine similarities; paths / labels (k,) when the index has them; info: how it was found (mode used,
+    list depth, candidates scored exactly, fallbacks, the query's archive mean/std).
+    """
+
+    indices: np.ndarray
+    scores: np.ndarray
+    s_img: np.ndarray
+    s_txt: np.ndarray
+    paths: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def to_frame(self):
+        import pandas as pd
+
+        df = pd.DataFrame({"rank": np.arange(1, len(self) + 1), "index": self.indices, "score": self.scores,
+                           "s_img": self.s_img, "s_txt": self.s_txt})
+        if self.paths is not None:
+            df["path"] = self.paths
+        if self.labels is not None:
+            df["label"] = self.labels
+        return df
+
+
+# ----------------------------------------------------------------------------------------- FAISS helpers
+def _faiss():
+    try:
+        import faiss  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - faiss-cpu is a dependency
+        raise RscirError("the archive index needs FAISS: pip install faiss-cpu (or faiss-gpu)") from exc
+    return faiss
+
+
+def _flat_header(d: int, n: int) -> bytes:
+    """Bytes of a serialised ``IndexScalarQuantizer(d, QT_fp16, IP)`` holding n vectors, up to its codes.
+
+    FAISS writes the codes last, as a uint64 byte count followed by the bytes; ntotal is the int64 after the
+    fourcc and d. Checked against FAISS's own serialisation of a 3-row index on every build.
+    """
+    faiss = _faiss()
+    empty = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    blob = bytearray(faiss.serialize_index(empty).tobytes())
+    if blob[-8:] != bytes(8) or struct.unpack_from("<q", blob, 8)[0] != 0:
+        raise RscirError("unexpected FAISS IndexScalarQuantizer layout; cannot stream the flat index")
+    struct.pack_into("<q", blob, 8, n)
+    return bytes(blob[:-8]) + struct.pack("<Q", n * d * 2)
+
+
+def _check_flat_layout(d: int) -> None:
+    faiss = _faiss()
+    x = np.random.default_rng(0).standard_normal((3, d)).astype(np.float32)
+    ref = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    ref.add(x)
+    mine = _flat_header(d, 3) + x.astype(np.float16).tobytes()
+    if faiss.serialize_index(ref).tobytes() != mine:
+        raise RscirError("FAISS IndexScalarQuantizer serialisation differs from the expected layout "
+                         f"(faiss {faiss.__version__}); please report this")
+
+
+def _gpu_available(faiss) -> bool:
+    return hasattr(faiss, "StandardGpuResources") and getattr(faiss, "get_num_gpus", lambda: 0)() > 0
+
+
+def _default_fast(n: int) -> str:
+    nlist = int(2 ** round(math.log2(max(16.0, 4 * math.sqrt(n)))))
+    nlist = max(1, min(nlist, n // 39 if n >= 39 * 16 else 16))
+    return f"IVF{nlist},SQfp16" if n <= 2_000_000 else f"IVF{nlist},PQ64"
+
+
+# ----------------------------------------------------------------------------------------- the index
+class ArchiveIndex:
+    """Exact / fast WeiCom top-k over a large archive. Build once, load memory-mapped, search in milliseconds.
+
+    >>> idx = ArchiveIndex.build(features, "archive.idx")          # ImageFeatures, npz path or (N, d) array
+    >>> idx = ArchiveIndex.load("archive.idx")
+    >>> res = idx.search(q_img, q_txt, lam=0.5, k=20)              # mode="exact" | "fast" | "scan"
+    >>> res.to_frame()
+    """
+
+    def __init__(self, root: Path, meta: dict, stats: ArchiveStats, flat, rows: np.ndarray, fast=None,
+                 paths: np.ndarray | None = None, labels: np.ndarray | None = None):
+        self.root = Path(root)
+        self.meta = meta
+        self.stats = stats
+        self.flat = flat
+        self.rows = rows              # (N, d) float16 memmap: the stored archive
+        self.fast = fast
+        self.paths = paths
+        self.labels = labels
+        self.nprobe = int(meta.get("nprobe") or 64)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def n(self) -> int:
+        return int(self.meta["n"])
+
+    @property
+    def d(self) -> int:
+        return int(self.meta["d"])
+
+    @property
+    def model_id(self) -> str | None:
+        return self.meta.get("model")
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __repr__(self) -> str:
+        return (f"ArchiveIndex(N={self.n}, d={self.d}, model={self.model_id!r}, "
+                f"fast={self.meta.get('fast') or None!r}, root='{self.root}')")
+
+    # ------------------------------------------------------------------ build / save / load
+    @classmethod
+    def build(cls, source, out_dir, *, paths=None, labels=None, model: str | None = None,
+              feature_meta: dict | None = None, fast: str | None = "auto", nprobe: int = 64,
+              train_size: int | None = None, overwrite: bool = False, chunk: int = _CHUNK,
+              progress: bool = False, seed: int = 0) -> "ArchiveIndex":
+        """Build an index directory from archive embeddings and return it loaded.
+
+        source: ``ImageFeatures``, a feature ``.npz`` path, or an (N, d) float array / memmap (float16 or
+        float32; rows should be L2-normalised — they are stored as float16 as they are, the exact semantics
+        being defined on the stored values). paths/labels/model override what the features carry.
+        fast: "auto" (IVF with float16 codes, ~4√N lists; IVF-PQ64 above 2M rows), a FAISS index_factory
+        string (e.g. "IVF4096,SQfp16", "HNSW32,SQfp16", "IVF16384,PQ64"), or None for no fast index.
+        nprobe: default IVF probes for ``mode="fast"`` (stored; override per search).
+        """
+        faiss = _faiss()
+        t_start = time.perf_counter()
+        rows, paths, labels, fmeta = _read_source(source, paths, labels)
+        fmeta = dict(fmeta or {}, **(feature_meta or {}))
+        if model is not None:
+            fmeta["model"] = model
+        n, d = rows.shape
+        if n < 2 or d < 1:
+            raise DataError(f"cannot index an archive of shape {rows.shape}: need at least 2 rows")
+        out = Path(out_dir)
+        if out.exists() and any(out.iterdir()):
+            if not overwrite:
+                raise DataError(f"index folder {out} exists and is not empty: choose another --out or pass "
+                                "overwrite=True / --overwrite")
+            if not (out / "meta.json").is_file():
+                raise DataError(f"{out} is not empty and holds no index (meta.json): refusing to overwrite it")
+            shutil.rmtree(out)
+        tmp = out.with_name(out.name + ".building")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        timings = {}
+
+        # 1. flat float16 store = FAISS flat IP index file (streamed, O(chunk) memory)
+        t0 = time.perf_counter()
+        _check_flat_layout(d)
+        with open(tmp / "flat.faiss", "wb") as fh:
+            fh.write(_flat_header(d, n))
+            for s in _progress(range(0, n, chunk), progress, "index: float16 store"):
+                block = np.asarray(rows[s:s + chunk])
+                if not np.all(np.isfinite(block)):
+                    bad = s + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+                    raise DataError(f"archive row {bad} contains NaN/inf; fix or drop it before indexing")
+                fh.write(np.ascontiguousarray(block, dtype=np.float16).tobytes())
+        timings["flat_s"] = time.perf_counter() - t0
+        stored = _rows_memmap(tmp / "flat.faiss", n, d)
+
+        # 2. statistics of the stored values
+        t0 = time.perf_counter()
+        stats = compute_stats(stored, chunk=chunk, progress=progress)
+        np.savez(tmp / "stats.npz", mu=stats.mu, cov=stats.cov, n=stats.n, max_norm=stats.max_norm)
+        timings["stats_s"] = time.perf_counter() - t0
+
+        # 3. optional approximate index
+        factory = _default_fast(n) if fast == "auto" else fast
+        if factory:
+            t0 = time.perf_counter()
+            index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+            if not index.is_trained:
+                m = train_size or min(n, max(256 * 39, 40 * _nlist(index)))
+                pick = np.sort(np.random.default_rng(seed).choice(n, size=min(m, n), replace=False))
+                index.train(np.asarray(stored[pick], dtype=np.float32))
+            for s in _progress(range(0, n, chunk), progress, "index: fast index"):
+                index.add(np.asarray(stored[s:s + chunk], dtype=np.float32))
+            faiss.write_index(index, str(tmp / "fast.faiss"))
+            del index
+            timings["fast_s"] = time.perf_counter() - t0
+        if paths is not None:
+            np.save(tmp / "paths.npy", np.asarray(paths).astype(str))
+        if labels is not None:
+            np.save(tmp / "labels.npy", np.asarray(labels).astype(str))
+        timings["total_s"] = time.perf_counter() - t_start
+        meta = {"format_version": FORMAT_VERSION, "kind": "archive-index", "n": int(n), "d": int(d),
+                "storage": "float16", "model": fmeta.get("model"), "feature_meta": fmeta,
+                "fast": factory or None, "nprobe": int(nprobe), "build": timings,
+                "faiss_version": faiss.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        from . import __version__
+
+        meta["kit_version"] = __version__
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        del stored
+        os.replace(tmp, out)
+        return cls.load(out)
+
+    def save(self, out_dir, overwrite: bool = False) -> Path:
+        """Copy this index's files to another folder (the index is always written by :meth:`build`)."""
+        out = Path(out_dir)
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise DataError(f"{out} exists and is not empty; pass overwrite=True")
+        out.mkdir(parents=True, exist_ok=True)
+        for f in self.root.iterdir():
+            if f.is_file():
+                shutil.copy2(f, out / f.name)
+        return out
+
+    @classmethod
+    def load(cls, index_dir, use_gpu: str | bool = "auto") -> "ArchiveIndex":
+        """Open an index folder: the float16 store is memory-mapped (FAISS and numpy share the file)."""
+        faiss = _faiss()
+        root = Path(index_dir)
+        if not (root / "meta.json").is_file():
+            raise DataError(f"{root} is not an archive index (no meta.json); build one with "
+                            "`rscir-kit index build --features FEATS.npz --out INDEX_DIR`")
+        meta = json.loads((root / "meta.json").read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise DataError(f"{root}: index format {meta.get('format_version')} but this kit reads "
+                            f"{FORMAT_VERSION}; rebuild it with `rscir-kit index build`")
+        n, d = int(meta["n"]), int(meta["d"])
+        st = np.load(root / "stats.npz")
+        stats = ArchiveStats(st["mu"], st["cov"], int(st["n"]), float(st["max_norm"]))
+        flat = faiss.read_index(str(root / "flat.faiss"), faiss.IO_FLAG_MMAP_IFC)
+        if flat.ntotal != n or flat.d != d:
+            raise DataError(f"{root}/flat.faiss holds {flat.ntotal}×{flat.d}, meta.json says {n}×{d}: rebuild")
+        rows = _rows_memmap(root / "flat.faiss", n, d)
+        fast = None
+        if (root / "fast.faiss").is_file():
+            fast = faiss.read_index(str(root / "fast.faiss"))
+            if use_gpu is True or (use_gpu == "auto" and _gpu_available(faiss)):
+                try:  # pragma: no cover - no GPU FAISS in CI
+                    fast = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, fast)
+                except Exception:  # an index type without GPU support stays on the CPU
+                    pass
+        paths = np.load(root / "paths.npy") if (root / "paths.npy").is_file() else None
+        labels = np.load(root / "labels.npy") if (root / "labels.npy").is_file() else None
+        return cls(root, meta, stats, flat, rows, fast, paths, labels)
+
+    # ------------------------------------------------------------------ scoring primitives
+    def moments(self, q_img=None, q_txt=None) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) arrays (2,) of the image and text similarities over the archive, O(d²)."""
+        mean, std = np.full(2, np.nan), np.full(2, np.nan)
+        for j, q in enumerate((q_img, q_txt)):
+            if q is not None:
+                m, s = self.stats.moments(q)
+                mean[j], std[j] = m[0], s[0]
+        return mean, std
+
+    def similarities(self, ids, Q) -> np.ndarray:
+        """Exact float64 similarities (len(ids), B) of archive rows ``ids`` with the queries Q (B, d)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        order = np.argsort(ids, kind="stable")
+        out = np.empty((len(ids), len(Q)), np.float64)
+        q64 = np.asarray(Q, dtype=np.float64).T
+        for s in range(0, len(ids), 8192):
+            sel = order[s:s + 8192]
+            out[sel] = self.rows[ids[sel]].astype(np.float64) @ q64
+        return out
+
+    def _margin(self, q: np.ndarray) -> float:
+        """Bound on |float32 FAISS score − float64 score|: γ_{d+2} ‖x‖max ‖q‖ (any summation order)."""
+        u = 2.0 ** -24
+        g = (self.d + 2) * u / (1 - (self.d + 2) * u)
+        return 1.01 * g * self.stats.max_norm * float(np.linalg.norm(q.astype(np.float64))) + _TINY
+
+    # ------------------------------------------------------------------ search
+    def search(self, image_feat=None, text_feat=None, lam: float = 0.5, k: int = 20, mode: str = "exact",
+               nprobe: int | None = None, depth: int | None = None) -> SearchResult:
+        """Top-k archive rows for the composed query (image_feat, text_feat) under WeiCom with weight λ.
+
+        image_feat / text_feat: (d,) float query embeddings (L2-normalised; used as float32). A modality may
+        be None only when its weight is 0 (λ=1 for the image, λ=0 for the text): single-modality search.
+        mode: "exact" (TA over flat lists; identical to "scan"), "fast" (TA over the approximate index's
+        lists, exact re-scoring; recall < 1 possible), "scan" (two-pass brute force). nprobe: IVF probes
+        for "fast" (default: stored at build). depth: first list depth (default ≈ √(kN), grown ×4).
+        """
+        lam = _check_lambda(lam)
+        if mode not in MODES:
+            raise DataError(f"unknown search mode {mode!r}; choose from {', '.join(MODES)}")
+        k = int(k)
+        if k < 1:
+            raise DataError(f"k must be ≥ 1, got {k}")
+        k = min(k, self.n)
+        qi = _as_query(image_feat, self.d, "image")
+        qt = _as_query(text_feat, self.d, "text")
+        if qi is None and lam < 1.0:
+            raise DataError(f"an image query is needed unless λ = 1 (text only); λ = {lam}")
+        if qt is None and lam > 0.0:
+            raise DataError(f"a text query is needed unless λ = 0 (image only); λ = {lam}")
+        mean, std = self.moments(qi, qt)
+        weights = np.array([1.0 - lam, lam])
+        queries = [qi if qi is not None else np.zeros(self.d, np.float32),
+                   qt if qt is not None else np.zeros(self.d, np.float32)]
+        Q = np.stack(queries)
+        active = [j for j in (0, 1) if weights[j] > 0]
+        info = {"mode": mode, "lam": lam, "k": k, "mean": mean.tolist(), "std": std.tolist()}
+        t0 = time.perf_counter()
+        found = None
+        if mode == "fast":
+            if self.fast is None:
+                raise DataError(f"{self.root} has no fast index: rebuild with fast='auto' (or --fast auto), "
+                                "or search with mode='exact'")
+            found = self._threshold(Q, active, lam, mean, std, k, "fast", nprobe, depth, info)
+            if found is None:
+                info["fallback"] = "exact"
+        if found is None and mode in ("exact", "fast"):
+            found = self._threshold(Q, active, lam, mean, std, k, "exact", None, depth, info)
+            if found is None:
+                info["fallback"] = "scan"
+        if found is None:
+            found = self._scan(Q, lam, k, info)
+        ids, tail, sims = found
+        info["seconds"] = time.perf_counter() - t0
+        return SearchResult(ids, 1.0 - tail, sims[:, 0] if qi is not None else np.full(len(ids), np.nan),
+                            sims[:, 1] if qt is not None else np.full(len(ids), np.nan),
+                            None if self.paths is None else self.paths[ids],
+                            None if self.labels is None else self.labels[ids], info)
+
+    def _lists(self, Q, depth: int, source: str, nprobe: int | None):
+        if source == "exact":
+            return self.flat.search(Q, depth)
+        index = self.fast
+        params = None
+        faiss = _faiss()
+        if hasattr(faiss, "extract_index_ivf"):
+            try:
+                ivf = faiss.extract_index_ivf(index)
+                params = faiss.SearchParametersIVF(nprobe=min(int(nprobe or self.nprobe), ivf.nlist))
+            except RuntimeError:
+                params = None
+        if params is None and "HNSW" in type(index).__name__:
+            params = faiss.SearchParametersHNSW(efSearch=max(depth, 64))
+        return index.search(Q, depth, params=params) if params is not None else index.search(Q, depth)
+
+    def _threshold(self, Q, active, lam, mean, std, k, source, nprobe, depth, info):
+        """Fagin's threshold algorithm over ranked lists from ``source``; None when the lists run long."""
+        n = self.n
+        depth = int(depth or max(4 * k, 256, math.ceil(math.sqrt(k * n))))
+        max_depth = max(n // 8, 4 * k) if source == "exact" else max(16 * depth, n // 64)
+        margins = np.array([self._margin(q) for q in Q]) if source == "exact" else np.zeros(2)
+        fetches = 0
+        while True:
+            depth = min(depth, n)
+            D, I = self._lists(Q[active], depth, source, nprobe)
+            fetches += 1
+            res = self._ta(D, I, Q, active, lam, mean, std, k, margins, complete=(source == "exact"))
+            if res is not None:
+                ids, tail, sims, read, scored = res
+                info.update({"lists": source, "depth": depth, "fetches": fetches, "read_depth": read,
+                             "candidates": scored})
+                return ids, tail, sims
+            if depth >= n or depth >= max_depth:
+                info[f"{source}_gave_up_at_depth"] = depth
+                return None
+            depth *= 4
+
+    def _ta(self, D, I, Q, active, lam, mean, std, k, margins, complete: bool):
+        """Read the fetched lists in growing prefixes; stop once the k-th best beats the threshold."""
+        n = self.n
+        length = D.shape[1]
+        valid = [int(np.count_nonzero(I[r] >= 0)) for r in range(len(active))]
+        seen = np.zeros(0, np.int64)
+        cand_tail = np.zeros(0)
+        cand_sims = np.zeros((0, 2))
+        step = min(length, max(2 * k, 128))
+        while True:
+            new = np.unique(np.concatenate([I[r, :min(step, valid[r])] for r in range(len(active))]))
+            new = new[new >= 0]
+            new = np.setdiff1d(new, seen, assume_unique=True)
+            if len(new):
+                sims = self.similarities(new, Q)
+                tail = weicom_tail(sims[:, 0], sims[:, 1], lam, mean, std)
+                seen = np.concatenate([seen, new])
+                cand_tail = np.concatenate([cand_tail, tail])
+                cand_sims = np.concatenate([cand_sims, sims])
+            # best score an item absent from every list prefix can reach (tail: lower = better)
+            tau = np.full(2, -np.inf)
+            exhausted = len(seen) >= n
+            for r, j in enumerate(active):
+                at = min(step, valid[r])
+                if complete:
+                    list_done = at >= n
+                else:  # an approximate list shorter than requested: its probed cells are used up
+                    list_done = valid[r] < length and at >= valid[r]
+                exhausted = exhausted or (complete and list_done)
+                if not list_done:
+                    tau[j] = D[r, at - 1] + margins[j]
+            bound = np.inf if exhausted else float(weicom_tail(tau[:1], tau[1:], lam, mean, std)[0])
+            if len(seen) >= k:
+                top = _stable_top(cand_tail, seen, k)
+                if cand_tail[top[-1]] < bound:  # strict: an unseen item could tie and have a lower index
+                    return seen[top], cand_tail[top], cand_sims[top], step, len(seen)
+            if step >= length:
+                return None
+            step = min(length, step * 2)
+
+    def _scan(self, Q, lam, k, info, chunk: int = _CHUNK):
+        """Two-pass brute force (the reference): all N float64 similarities, full-pass mean/std, top-k."""
+        import torch
+
+        n = self.n
+        sims = np.empty((n, 2), np.float64)
+        q64 = torch.from_numpy(np.asarray(Q, dtype=np.float64).T.copy())
+        for s in range(0, n, chunk):  # pass 1: similarities
+            block = torch.from_numpy(np.array(self.rows[s:s + chunk]))
+            sims[s:s + chunk] = (block.double() @ q64).numpy()
+        mean = sims.mean(axis=0)
+        std = sims.std(axis=0, ddof=1)
+        tail = weicom_tail(sims[:, 0], sims[:, 1], lam, mean, std)  # pass 2: score + top-k
+        ids = np.arange(n, dtype=np.int64)
+        top = _stable_top(tail, ids, k)
+        info.update({"lists": "scan", "scan_mean": mean.tolist(), "scan_std": std.tolist()})
+        return ids[top], tail[top], sims[top]
+
+
+def _nlist(index) -> int:
+    faiss = _faiss()
+    try:
+        return int(faiss.extract_index_ivf(index).nlist)
+    except RuntimeError:
+        return 256
+
+
+def _rows_memmap(flat_path: Path, n: int, d: int) -> np.ndarray:
+    """The float16 codes at the end of a flat.faiss file, as an (n, d) read-only memmap."""
+    size = Path(flat_path).stat().st_size
+    return np.memmap(flat_path, dtype=np.float16, mode="r", offset=size - n * d * 2, shape=(n, d))
+
+
+def _read_source(source, paths, labels):
+    """(rows (N, d) array-like, paths, labels, meta) from ImageFeatures / npz path / array."""
+    meta = {}
+    if isinstance(source, (str, os.PathLike)):
+        source = read_features(source)
+    if hasattr(source, "feats") and hasattr(source, "meta"):
+        rows = source.feats
+        paths = source.paths if paths is None else paths
+        labels = source.labels if labels is None else labels
+        meta = dict(source.meta)
+    else:
+        rows = source
+    if not hasattr(rows, "shape") or len(rows.shape) != 2:
+        raise DataError(f"archive embeddings must be an (N, d) array, got {type(rows).__name__} "
+                        f"{getattr(rows, 'shape', '')}")
+    n = rows.shape[0]
+    for name, v in (("paths", paths), ("labels", labels)):
+        if v is not None and len(v) != n:
+            raise DataError(f"{name} has {len(v)} entries for {n} archive rows")
+    return rows, paths, labels, meta
+
+
+def read_features(path):
+    """Image features from a ``.npz`` feature file (``rscir_kit.features.ImageFeatures``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"feature file {path} not found; extract one with `rscir-kit extract`")
+    from .features import ImageFeatures
+
+    return ImageFeatures.load(path)
