@@ -1,0 +1,74 @@
+"""xView2-CIR (official WeiCom release): pre-disaster image + text ("post flood") → its post-disaster image.
+
+CSV columns ``image,query_default,query_alt1,query_alt2,target`` (291 queries). Images come from the
+xView2 challenge data (https://xview2.org, registration required): extract features for the
+pre- and post-disaster images you have, then evaluate. Paths are matched by their basename.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError
+from ..queries import QuerySet
+
+COLUMNS = ("image", "query_default", "query_alt1", "query_alt2", "target")
+TEXT_COLUMNS = ("query_default", "query_alt1", "query_alt2")
+
+
+def read_xview2_csv(path) -> pd.DataFrame:
+    """Rows of the xView2-CIR list, with DataError naming the line of a malformed row."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"xView2-CIR list {path} not found; it ships with the official WeiCom code "
+                        "(github.com/billpsomas/rscir, xview2_cir.csv)")
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or tuple(h.strip() for h in header) != COLUMNS:
+            raise DataError(f"{path}, line 1: expected header {','.join(COLUMNS)}, got {header!r}")
+        rows = []
+        for line_no, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(COLUMNS) or not all(c.strip() for c in row):
+                raise DataError(f"{path}, line {line_no}: expected {len(COLUMNS)} non-empty fields, got {row!r}")
+            rows.append([c.strip() for c in row] + [line_no])
+    return pd.DataFrame(rows, columns=list(COLUMNS) + ["line"])
+
+
+def disaster_of(path: str) -> str:
+    """``test/images/mexico-earthquake_00000063_pre_disaster.tif`` → ``mexico-earthquake``."""
+    return Path(path).name.split("_")[0]
+
+
+def xview2_queries(csv_path, archive_paths, query_paths=None, text_columns=("query_default",)) -> QuerySet:
+    """QuerySet: each row × each chosen text column; the single positive is the row's target image.
+
+    archive_paths: (N,) paths of the searched images (must hold every target; matched by basename).
+    query_paths: paths of the query-image feature file (default: the archive), matched by basename.
+    """
+    rows = read_xview2_csv(csv_path)
+    for col in text_columns:
+        if col not in TEXT_COLUMNS:
+            raise DataError(f"unknown text column {col!r}; choose from {', '.join(TEXT_COLUMNS)}")
+    archive_paths = np.asarray(archive_paths).astype(str)
+    by_name = {Path(p).name: i for i, p in enumerate(archive_paths)}
+    q_names = {Path(p).name: p for p in (archive_paths if query_paths is None else np.asarray(query_paths).astype(str))}
+    missing = [(Path(t).name, ln) for t, ln in zip(rows["target"], rows["line"]) if Path(t).name not in by_name]
+    missing += [(Path(q).name, ln) for q, ln in zip(rows["image"], rows["line"]) if Path(q).name not in q_names]
+    if missing:
+        raise DataError(f"{csv_path}: {len(missing)} image(s) not in the feature files, e.g. "
+                        + ", ".join(f"{n} (line {ln})" for n, ln in missing[:5])
+                        + "; extract features for the pre- and post-disaster images of the list")
+    records, sets = [], []
+    for r in rows.itertuples(index=False):
+        sets.append(np.array([by_name[Path(r.target).name]], dtype=np.int64))
+        for col in text_columns:
+            records.append((q_names[Path(r.image).name], getattr(r, col), len(sets) - 1, disaster_of(r.image), col,
+                            r.line))
+    table = pd.DataFrame(records, columns=["query_path", "text", "positive_id", "disaster", "text_column", "line"])
+    return QuerySet("xView2-CIR", table, sets, archive_paths, {"source": str(csv_path)})

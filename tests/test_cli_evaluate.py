@@ -1,0 +1,67 @@
+"""`rscir-kit evaluate patterncom` end to end: file shapes the users rely on, the printed table, errors."""
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rscir_kit.cli import main
+from rscir_kit.datasets.patterncom import ATTRIBUTES, PatternCom
+from rscir_kit.engine import evaluate, summarize
+from synthetic_patterncom import make_synthetic_patterncom
+
+
+@pytest.fixture(scope="module")
+def files(patternnet_filelist, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    archive, texts, pc_dir = make_synthetic_patterncom(patternnet_filelist, root / "PatternCom")
+    archive.save(root / "feats.npz")
+    texts.save(root / "text.npz")
+    return root, archive, texts, pc_dir
+
+
+def test_evaluate_patterncom_writes_the_documented_csv(files, capsys):
+    root, archive, texts, pc_dir = files
+    out = root / "results.csv"
+    code = main(["evaluate", "patterncom", "--features", str(root / "feats.npz"), "--text-features",
+                 str(root / "text.npz"), "--patterncom-dir", str(pc_dir), "--methods", "image", "text", "average",
+                 "weicom", "--lambdas", "0.3,0.5", "--out", str(out), "--quiet"])
+    assert code == 0
+    df = pd.read_csv(out, keep_default_na=False)
+    assert list(df.columns) == ["method", "lambda", "attribute", "map"]
+    assert len(df) == 5 * (len(ATTRIBUTES) + 1)  # image, text, average, weicom×2; six attributes + avg
+    assert set(df[df.method != "weicom"]["lambda"]) == {""}
+    assert sorted(set(df[df.method == "weicom"]["lambda"])) == ["0.3", "0.5"]
+    assert list(df.attribute[:7]) == list(ATTRIBUTES) + ["avg"]
+    # the numbers equal the Python API's
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        per_pair = evaluate(PatternCom(pc_dir).queries(archive.paths), archive, texts,
+                            methods=["weicom"], lambdas=[0.3], progress=False)
+    expected = summarize(per_pair).set_index("attribute")["map"]
+    got = df[(df.method == "weicom") & (df["lambda"] == "0.3")].set_index("attribute")["map"]
+    np.testing.assert_allclose(got[expected.index].to_numpy(float), expected.to_numpy(), atol=1e-4)
+    printed = capsys.readouterr().out
+    assert "WeiCom λ=0.3" in printed and "avg" in printed and "query pairs" in printed
+
+
+def test_evaluate_rejects_bad_lambda_and_missing_files(files, capsys):
+    root, _, _, pc_dir = files
+    args = ["evaluate", "patterncom", "--features", str(root / "feats.npz"), "--text-features", str(root / "text.npz"),
+            "--patterncom-dir", str(pc_dir), "--methods", "weicom", "--quiet"]
+    with pytest.raises(ValueError, match="λ must lie in"):
+        main(args + ["--lambdas", "1.5"])
+    assert main(args[:3] + [str(root / "nope.npz")] + args[4:]) == 2
+    assert "nope.npz" in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point(files):
+    root, _, _, pc_dir = files
+    proc = subprocess.run([sys.executable, "-m", "rscir_kit", "evaluate", "patterncom", "--features",
+                           str(root / "feats.npz"), "--text-features", str(root / "text.npz"), "--patterncom-dir",
+                           str(pc_dir), "--attributes", "shape", "--methods", "weicom", "--lambdas", "0.5", "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "shape" in proc.stdout and "WeiCom λ=0.5" in proc.stdout
