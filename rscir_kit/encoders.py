@@ -444,7 +444,7 @@ def load_encoder(spec: str | None = None, device: str = "auto", precision: str =
     except RscirError:
         raise
     except Exception as exc:
-        text = str(exc)
+        text = str(exc).strip().rstrip(".")
         offline = any(s in text for s in ("connect", "offline", "Offline", "cached files", "resolve", "Network"))
         hint = _offline_hint() if offline else "Check the spec and that the checkpoint matches the architecture."
         if seed is not None and not seed.is_dir() and offline:
