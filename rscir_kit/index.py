@@ -520,21 +520,42 @@ class ArchiveIndex:
                             None if self.paths is None else self.paths[ids],
                             None if self.labels is None else self.labels[ids], info)
 
-    def _lists(self, Q, depth: int, source: str, nprobe: int | None):
-        if source == "exact":
-            return self.flat.search(Q, depth)
-        index = self.fast
-        params = None
-        faiss = _faiss()
-        if hasattr(faiss, "extract_index_ivf"):
+    def _ivf(self):
+        """(IVF index, centroids (nlist, d) float32) when the fast index is a plain IVF; else (None, None)."""
+        if not hasattr(self, "_ivf_cache"):
+            faiss = _faiss()
+            ivf = cent = None
             try:
-                ivf = faiss.extract_index_ivf(index)
-                params = faiss.SearchParametersIVF(nprobe=min(int(nprobe or self.nprobe), ivf.nlist))
-            except RuntimeError:
-                params = None
-        if params is None and "HNSW" in type(index).__name__:
-            params = faiss.SearchParametersHNSW(efSearch=max(depth, 64))
-        return index.search(Q, depth, params=params) if params is not None else index.search(Q, depth)
+                found = faiss.extract_index_ivf(self.fast)
+                if found is not None and found.d == self.d and int(found.ntotal) == int(self.fast.ntotal) \
+                        and type(self.fast).__name__.startswith("IndexIVF"):
+                    ivf = found
+                    cent = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+            except (RuntimeError, AttributeError):
+                pass
+            self._ivf_cache = (ivf, cent)
+        return self._ivf_cache
+
+    def _lists(self, Q, active, depth: int, source: str, nprobe: int | None, lam, mean, std):
+        """Ranked lists (D, I) (len(active), depth) of the active modalities, best first."""
+        Qa = np.ascontiguousarray(Q[active])
+        if source == "exact":
+            return self.flat.search(Qa, depth)
+        faiss = _faiss()
+        ivf, cent = self._ivf()
+        if ivf is not None:
+            # probe the cells whose centroids score best under the *composed* WeiCom score, for both lists
+            probes = min(int(nprobe or self.nprobe), ivf.nlist)
+            cs = Q @ cent.T                                     # (2, nlist) centroid similarities
+            cell_tail = weicom_tail(cs[0].astype(np.float64), cs[1].astype(np.float64), lam, mean, std)
+            cells = np.argsort(cell_tail, kind="stable")[:probes].astype(np.int64)
+            Iq = np.ascontiguousarray(np.tile(cells, (len(active), 1)))
+            Dq = np.ascontiguousarray(cs[active][:, cells], dtype=np.float32)
+            ivf.nprobe = probes                                # the wrapper checks Iq against ivf.nprobe
+            return ivf.search_preassigned(Qa, depth, Iq, Dq)
+        if "HNSW" in type(self.fast).__name__:
+            return self.fast.search(Qa, depth, params=faiss.SearchParametersHNSW(efSearch=max(depth, 64)))
+        return self.fast.search(Qa, depth)
 
     def _threshold(self, Q, active, lam, mean, std, k, source, nprobe, depth, info):
         """Fagin's threshold algorithm over ranked lists from ``source``; None when the lists run long."""
@@ -545,7 +566,7 @@ class ArchiveIndex:
         fetches = 0
         while True:
             depth = min(depth, n)
-            D, I = self._lists(Q[active], depth, source, nprobe)
+            D, I = self._lists(Q, active, depth, source, nprobe, lam, mean, std)
             fetches += 1
             res = self._ta(D, I, Q, active, lam, mean, std, k, margins, complete=(source == "exact"))
             if res is not None:

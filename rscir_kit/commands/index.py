@@ -1,0 +1,190 @@
+"""``index build`` / ``index info`` (archive index for composed search) and ``search`` (WeiCom top-k) sub-commands.
+
+    rscir-kit index build --features FEATS.npz --out INDEX_DIR [--fast auto|none|FACTORY] [--nprobe 64]
+    rscir-kit index info --index INDEX_DIR
+    rscir-kit search --index INDEX_DIR --image Q.jpg --text "with a river" --lam 0.5 -k 20 [--mode exact|fast|scan]
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError, ModelMismatchError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "index", help="build / inspect an archive index for millisecond WeiCom search (rscir-kit search)",
+        description="Archive index: float16 embeddings (memory-mapped), their mean and covariance (exact WeiCom "
+                    "normalisation in O(d²)), and FAISS indexes for the threshold algorithm.")
+    sub = p.add_subparsers(dest="index_command", metavar="ACTION")
+    b = sub.add_parser("build", help="build INDEX_DIR from an image feature file")
+    b.add_argument("--features", required=True, metavar="FEATS.npz", help="image feature file (rscir-kit extract)")
+    b.add_argument("--out", required=True, metavar="INDEX_DIR", help="index folder to create")
+    b.add_argument("--fast", default="auto", metavar="auto|none|FACTORY",
+                   help="approximate index for --mode fast: auto (IVF ~4√N lists, float16 codes; PQ64 above 2M "
+                        "rows), none, or a FAISS index_factory string such as 'IVF4096,SQfp16' or 'HNSW32,SQfp16'")
+    b.add_argument("--nprobe", type=int, default=64, help="default IVF cells probed by --mode fast (default 64)")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    b.set_defaults(func=run_build)
+    i = sub.add_parser("info", help="print an index's metadata")
+    i.add_argument("--index", required=True, metavar="INDEX_DIR")
+    i.set_defaults(func=run_info)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    s = subparsers.add_parser(
+        "search", help="WeiCom top-k of an (image, text) query over an archive index",
+        description="Composed search: score = λ·Φ(z_text) + (1-λ)·Φ(z_image), z-scores over the whole archive. "
+                    "--mode exact (default) returns exactly the brute-force top-k; fast uses the approximate index.")
+    s.add_argument("--index", required=True, metavar="INDEX_DIR")
+    s.add_argument("--image", metavar="Q.jpg",
+                   help="query image file, or the relative path of an archive image (its stored embedding is used)")
+    s.add_argument("--text", metavar="TEXT", help='modifier text, e.g. "with a river"')
+    s.add_argument("--query-features", metavar="Q.npz",
+                   help="precomputed query embeddings instead of encoding: npz with 'image' and/or 'text' (d,) and "
+                        "optionally 'model'")
+    s.add_argument("--lam", type=float, default=0.5, help="λ in [0, 1]: 0 = image only, 1 = text only (default 0.5)")
+    s.add_argument("-k", "--top-k", dest="k", type=int, default=20, help="number of results (default 20)")
+    s.add_argument("--mode", default="exact", choices=["exact", "fast", "scan"],
+                   help="exact: identical to the brute-force top-k; fast: approximate lists; scan: brute force")
+    s.add_argument("--nprobe", type=int, default=None, help="IVF cells probed in --mode fast (default: the index's)")
+    s.add_argument("--model", default=None,
+                   help="model used to encode the query (default: the index's model); must match the index's model")
+    s.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    s.add_argument("--activation", default="auto", choices=["auto", "quickgelu", "gelu", "official"])
+    s.add_argument("--out", metavar="FILE.csv|FILE.json", default=None, help="also write the results")
+    s.set_defaults(func=run_search)
+
+
+# ----------------------------------------------------------------------------------------- build / info
+def run_build(args) -> int:
+    from ..index import ArchiveIndex
+
+    fast = None if str(args.fast).lower() in ("none", "no", "off", "") else args.fast
+    idx = ArchiveIndex.build(args.features, args.out, fast=fast, nprobe=args.nprobe, overwrite=args.overwrite,
+                             progress=not args.quiet)
+    t = idx.meta["build"]
+    print(f"built {idx}: {idx.n} images × d={idx.d}, model {idx.model_id!r}; "
+          f"float16 store {t['flat_s']:.1f}s, statistics {t['stats_s']:.1f}s"
+          + (f", fast index {idx.meta['fast']} {t['fast_s']:.1f}s" if idx.meta.get("fast") else ""))
+    return 0
+
+
+def run_info(args) -> int:
+    meta = json.loads((Path(args.index) / "meta.json").read_text()) if (Path(args.index) / "meta.json").is_file() \
+        else None
+    if meta is None:
+        raise DataError(f"{args.index} is not an archive index (no meta.json)")
+    print(json.dumps(meta, indent=1, sort_keys=True))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- search
+def _load_encoder(spec, device, activation):
+    """Indirection so tests can substitute an encoder."""
+    from ..encoders import load_encoder
+
+    return load_encoder(spec, device=device or "auto", activation=activation)
+
+
+def _stored_row(idx, name: str) -> int | None:
+    if idx.paths is None:
+        return None
+    hits = np.flatnonzero(idx.paths == name)
+    return int(hits[0]) if len(hits) else None
+
+
+def query_vectors(idx, image=None, text=None, query_features=None, model=None, device=None, activation="auto",
+                  need_image=True, need_text=True):
+    """(image vector | None, text vector | None) for a search, encoding with the index's model when needed.
+
+    Refuses (ModelMismatchError) a ``model`` or precomputed query features from another model than the index's.
+    """
+    q_img = q_txt = None
+    if query_features is not None:
+        with np.load(query_features, allow_pickle=False) as z:
+            qmodel = str(z["model"]) if "model" in z.files else None
+            q_img = np.asarray(z["image"], np.float32).reshape(-1) if "image" in z.files else None
+            q_txt = np.asarray(z["text"], np.float32).reshape(-1) if "text" in z.files else None
+        if qmodel and idx.model_id and qmodel != idx.model_id:
+            raise ModelMismatchError(f"{query_features} was encoded with {qmodel!r} but the index {idx.root} holds "
+                                     f"{idx.model_id!r} embeddings: encode the query with the index's model")
+    if model is not None and idx.model_id is not None and model != idx.model_id:
+        enc = _load_encoder(model, device, activation)
+        if enc.model_id != idx.model_id:
+            raise ModelMismatchError(
+                f"--model {model!r} ({enc.model_id}) differs from the model of index {idx.root} "
+                f"({idx.model_id}): similarities across models are meaningless. Drop --model to use the index's "
+                "model, or build an index from features of this model")
+    else:
+        enc = None
+    if image is not None and need_image and q_img is None:
+        row = _stored_row(idx, image)
+        if row is not None and not Path(image).is_file():
+            q_img = np.asarray(idx.rows[row], np.float32)
+        else:
+            from ..imagesets import load_image
+
+            pil = load_image(image)
+            enc = enc or _load_encoder(model or _index_model(idx), device, activation)
+            q_img = enc.encode_images([pil])[0]
+    if text is not None and need_text and q_txt is None:
+        enc = enc or _load_encoder(model or _index_model(idx), device, activation)
+        q_txt = enc.encode_texts([text])[0]
+    if enc is not None and idx.model_id is not None and enc.model_id != idx.model_id:
+        raise ModelMismatchError(f"encoder {enc.model_id!r} differs from the index's model {idx.model_id!r}")
+    if enc is not None and idx.meta.get("feature_meta"):
+        from ..features import check_same_model
+
+        check_same_model(idx.meta["feature_meta"], enc.meta, names=(f"index {idx.root}", "the query encoder"))
+    return q_img, q_txt
+
+
+def _index_model(idx) -> str:
+    if not idx.model_id:
+        raise DataError(f"index {idx.root} records no model; pass --model (the one its features were made with)")
+    return idx.model_id
+
+
+def run_search(args) -> int:
+    from ..index import ArchiveIndex, _check_lambda
+
+    lam = _check_lambda(args.lam)
+    if args.image is None and args.text is None and args.query_features is None:
+        raise DataError("give a query: --image Q.jpg and/or --text TEXT (or --query-features Q.npz)")
+    idx = ArchiveIndex.load(args.index)
+    q_img, q_txt = query_vectors(idx, args.image, args.text, args.query_features, args.model, args.device,
+                                 args.activation, need_image=lam < 1.0, need_text=lam > 0.0)
+    res = idx.search(q_img, q_txt, lam=lam, k=args.k, mode=args.mode, nprobe=args.nprobe)
+    df = res.to_frame()
+    info = res.info
+    print(f"WeiCom top-{len(res)} of {idx.n} images, λ={lam}, mode={args.mode} "
+          f"(lists: {info.get('lists')}, depth {info.get('read_depth', '-')}, "
+          f"{info.get('candidates', idx.n)} scored exactly{', fallback ' + info['fallback'] if 'fallback' in info else ''}"
+          f"), {1000 * info['seconds']:.1f} ms")
+    with _pd_opts():
+        print(df.to_string(index=False, float_format=lambda v: f"{v:.6f}"))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix.lower() == ".json":
+            out.write_text(df.to_json(orient="records", indent=1))
+        else:
+            df.to_csv(out, index=False)
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+class _pd_opts:
+    def __enter__(self):
+        import pandas as pd
+
+        self._ctx = pd.option_context("display.max_colwidth", 80, "display.width", 200)
+        self._ctx.__enter__()
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
