@@ -355,8 +355,8 @@ def extract_image_features(collection, encoder, out, batch_size: int = 64, resum
     out = Path(out)
     n = len(coll)
     fp = coll.fingerprint()
-    if batch_size < 1:
-        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_size < 1 or (chunk_size is not None and chunk_size < 1):
+        raise DataError(f"batch_size and chunk_size must be >= 1, got {batch_size} and {chunk_size}")
     meta = dict(encoder.meta, kind="image", kit_version=__version__, n_images=n, file_list_sha256=fp,
                 image_root=str(coll.root), source=coll.source)
 

@@ -34,6 +34,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="FEATS.npz", help="output feature file")
     _add_model_args(p)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="images per saved chunk in OUT.partial/ (default: a multiple of --batch-size near 256)")
     p.add_argument("--limit-per-class", type=int, default=None, help="keep the first N images per class (quick runs)")
     p.add_argument("--no-resume", action="store_true",
                    help="recompute even if OUT or OUT.partial/ from the same model and image list exist")
@@ -69,7 +71,7 @@ def run_extract(args) -> int:
     out = Path(args.out)
     existed = out.exists()
     feats = extract_image_features(coll, enc, out, batch_size=args.batch_size, resume=not args.no_resume,
-                                   progress=not args.quiet)
+                                   progress=not args.quiet, chunk_size=args.chunk_size)
     verb = "reused" if existed and not args.no_resume else "wrote"
     print(f"rscir-kit extract: {verb} {out} ({len(feats)} x {feats.dim}) in {time.perf_counter() - t0:.1f} s",
           file=sys.stderr)
