@@ -456,11 +456,22 @@ def load_encoder(spec: str | None = None, device: str = "auto", precision: str =
         raise RscirError(f"activation={activation!r} asked for GELU but the config of {spec!r} fixes QuickGELU; "
                          "load the checkpoint as ARCH:/path/ckpt.pt with a non-quickgelu ARCH instead")
     model.eval()
-    dtype = next(model.parameters()).dtype
+    dtype = _input_dtype(model, prec)
     extra = dict(plan.extra)
     extra["precision"] = prec
     return Encoder(model, preprocess, tokenizer, model_id=plan.model_id, model_name=plan.short_name,
                    activation_requested=activation, device=dev, dtype=dtype, extra_meta=extra)
+
+
+def _input_dtype(model, prec: str):
+    """dtype images must be cast to: that of the image tower's first conv/linear weight (open_clip keeps some
+    parameters, e.g. LayerNorm, in fp32 under fp16), else the precision's dtype."""
+    import torch
+
+    for m in getattr(model, "visual", model).modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            return m.weight.dtype
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(prec, torch.float32)
 
 
 @contextlib.contextmanager

@@ -203,3 +203,22 @@ def test_standin_without_seed_fails_with_clear_message(standin_spec, tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode != 0
     assert "HF_HUB_CACHE" in r.stderr and "hf_hub_cache" in r.stderr
+
+
+def test_precision_plumbing(tiny_dir):
+    """Half precision (what 'auto' picks on CUDA) runs end to end and still returns float32 unit rows."""
+    import torch
+    from PIL import Image
+
+    assert encoders._resolve_precision("auto", torch.device("cuda")) == "fp16"
+    assert encoders._resolve_precision("auto", torch.device("cpu")) == "fp32"
+    ims = [Image.new("RGB", (60, 60), (30 * i, 50, 90)) for i in range(3)]
+    full = load_encoder(f"local-dir:{tiny_dir}", device="cpu")
+    half = load_encoder(f"local-dir:{tiny_dir}", device="cpu", precision="fp16")
+    assert full.meta["dtype"] == "float32" and half.meta["dtype"] == "float16"
+    x = half.encode_images(ims)
+    assert x.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(x, full.encode_images(ims), atol=5e-3)
+    with pytest.raises(RscirError, match="precision"):
+        load_encoder(f"local-dir:{tiny_dir}", precision="fp8")
