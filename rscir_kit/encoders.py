@@ -258,6 +258,8 @@ def _parse_spec(spec: str, cache_dir: str | None) -> _Plan:
         ckpt = _fetch_preset(p, cache_dir)
         return _Plan(p.arch, str(ckpt), p.name, p.name, p.activation == "quickgelu", p.arch,
                      {"checkpoint": str(ckpt), "weights_bytes": Path(ckpt).stat().st_size})
+    if not spec.startswith(("local-dir:", "hf-hub:")) and (Path(spec).expanduser() / "open_clip_config.json").is_file():
+        spec = f"local-dir:{spec}"  # a bare folder in open_clip's local-dir format
     if spec.startswith("local-dir:"):
         path = Path(spec[len("local-dir:"):]).expanduser().resolve()
         if not (path / "open_clip_config.json").is_file():

@@ -152,17 +152,18 @@ class ImageFeatures:
         return path
 
     @classmethod
-    def load(cls, path, model: str | None = None) -> "ImageFeatures":
+    def load(cls, path, model: str | None = None, root=None) -> "ImageFeatures":
         """Read an ``.npz`` written by :meth:`save`, or an official WeiCom pickle (dict with feats/labels/paths).
 
-        For pickles, ``model`` (e.g. ``"remoteclip-vit-l-14"``) records which model made them; pickle files can run
-        code when loaded: only open files you trust.
+        For pickles, ``model`` (e.g. ``"remoteclip-vit-l-14"``) records which model made them, and ``root`` (the
+        dataset folder the official code joined to every path) is stripped so paths become relative like the kit's.
+        Pickle files can run code when loaded: only open files you trust.
         """
         path = Path(path)
         if not path.is_file():
             raise DataError(f"feature file not found: {path}. Extract it first (rscir-kit extract ... --out {path}).")
         if path.suffix.lower() in PICKLE_SUFFIXES:
-            return cls._load_pickle(path, model)
+            return cls._load_pickle(path, model, root)
         data = _open_npz(path)
         missing = {"feats", "paths", "labels", "meta"} - set(data.files)
         if missing:
@@ -172,7 +173,7 @@ class ImageFeatures:
         return cls(data["feats"], data["paths"], data["labels"], meta)
 
     @classmethod
-    def _load_pickle(cls, path: Path, model: str | None) -> "ImageFeatures":
+    def _load_pickle(cls, path: Path, model: str | None, root=None) -> "ImageFeatures":
         try:
             with open(path, "rb") as f:
                 obj = pickle.load(f)
@@ -194,7 +195,12 @@ class ImageFeatures:
         labels = obj["labels"]
         if hasattr(labels, "tolist"):
             labels = labels.tolist()
-        return cls(feats, list(obj["paths"]), list(labels), meta)
+        paths = [str(p).replace("\\", "/") for p in obj["paths"]]
+        if root is not None:
+            prefix = str(root).replace("\\", "/").rstrip("/") + "/"
+            paths = [p[len(prefix):] if p.startswith(prefix) else p for p in paths]
+            meta["image_root"] = str(root)
+        return cls(feats, paths, list(labels), meta)
 
     def index_of(self, names: Sequence[str], by: str = "path") -> np.ndarray:
         """Row indices (int64, len(names)) of ``names`` matched by ``"path"``, ``"basename"`` or ``"stem"``.

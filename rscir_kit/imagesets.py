@@ -6,7 +6,7 @@ Sources:
 * ``ImageCollection.from_file_list(csv_or_txt, root)`` — CSV with a header holding ``path`` (and optionally
   ``label``), or ``class_dir,filename`` (PatternNet style), or ``image``/``filename`` (+ ``label``/``class``);
   TXT (or header-less CSV): one relative path per line, optional second column = label; label defaults to the
-  path's first folder;
+  path's parent folder; whitespace-separated lines ``<path> ... <label>`` (the official WeiCom lists) also work;
 * ``ImageCollection.from_dataset(obj)`` — anything with ``.image_paths`` (and ``.labels``, ``.root``),
   or an iterable of ``(path, label)`` pairs.
 
@@ -140,7 +140,12 @@ class ImageCollection:
         with open(file_list, newline="", encoding="utf-8-sig") as f:
             text = f.read()
         delim = "\t" if file_list.suffix.lower() == ".tsv" else ","
-        rows = [r for r in csv.reader(text.splitlines(), delimiter=delim)]
+        first = next((line for line in text.splitlines() if line.strip()), "")
+        if delim not in first and len(first.split()) > 1:
+            # whitespace-separated list as in the official WeiCom code: "<path> ... <label>" per line
+            rows = [[r.split()[0], r.split()[-1]] if r.split() else [] for r in text.splitlines()]
+        else:
+            rows = [r for r in csv.reader(text.splitlines(), delimiter=delim)]
         numbered = [(n + 1, [c.strip() for c in r]) for n, r in enumerate(rows) if r and any(c.strip() for c in r)]
         if not numbered:
             raise DataError(f"file list {file_list} is empty")

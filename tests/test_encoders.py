@@ -77,6 +77,7 @@ def test_tiny_local_dir_reads_size_and_dim(tiny_dir):
     assert enc.meta["image_size"] == [48, 48]
     assert enc.meta["embed_dim"] == TINY_CFG["embed_dim"]
     assert enc.meta["activation"] == "gelu"
+    assert load_encoder(str(tiny_dir), device="cpu").model_id == enc.model_id  # bare folder = local-dir:
     from PIL import Image
 
     x = enc.encode_images([Image.new("RGB", (70, 50), (i * 40, 20, 200 - i * 30)) for i in range(3)])

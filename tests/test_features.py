@@ -92,6 +92,9 @@ def test_official_pickle_is_read_and_marked(tmp_path):
     np.testing.assert_allclose(g.feats, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-6)
     assert g.labels.tolist() == ["0", "0", "1", "1"]
     assert g.index_of(["b1.jpg", "a2.jpg"], by="basename").tolist() == [2, 1]
+    rel = ImageFeatures.load(tmp_path / "official.pkl", root="/data/PatternNet/images/")
+    assert rel.paths.tolist() == ["a/a1.jpg", "a/a2.jpg", "b/b1.jpg", "b/b2.jpg"]
+    assert "model_name" not in rel.meta
     with open(tmp_path / "bad.pkl", "wb") as f:
         pickle.dump({"features": raw}, f)
     with pytest.raises(DataError, match="feats, labels, paths"):
@@ -153,6 +156,9 @@ def test_collection_from_file_lists(tmp_path):
     (tmp_path / "l.txt").write_text("beach/beach01.jpg\n\nforest/forest02.jpg\n")
     t = ImageCollection.from_file_list(tmp_path / "l.txt")
     assert t.labels == ["beach", "forest"]
+    (tmp_path / "official.csv").write_text("images/airplane/airplane001.jpg 0 airplane\nimages/beach/beach002.jpg 1 beach\n")
+    o = ImageCollection.from_file_list(tmp_path / "official.csv")
+    assert o.paths == ["images/airplane/airplane001.jpg", "images/beach/beach002.jpg"] and o.labels == ["airplane", "beach"]
     (tmp_path / "bad.txt").write_text("beach/beach01.jpg\nflat.jpg\n")
     with pytest.raises(DataError, match=r"bad.txt, line 2.*label column"):
         ImageCollection.from_file_list(tmp_path / "bad.txt")
