@@ -125,6 +125,10 @@ class LambdaExplorer:
         pid = self._pairs.get((self.paths[self._query_index(query)], str(text)))
         return None if pid is None else self.queries.positive_sets[pid]
 
+    def index_of(self, query) -> int:
+        """Archive index of a query given as index, relative path or file stem."""
+        return self._query_index(query)
+
     def _query_index(self, query) -> int:
         if isinstance(query, (int, np.integer)):
             if not 0 <= int(query) < len(self.paths):
@@ -305,3 +309,44 @@ class LambdaExplorer:
         redraw()
         self._widgets = {"query": q_dd, "text": t_cb, "lam": lam_s, "k": k_s, "info": info, "out": out}
         return box
+
+
+# ---------------------------------------------------------------------------------------------- grids
+def grid_rows(explorer: LambdaExplorer, query, text: str, lambdas: Sequence[float], k: int | None = None,
+              images: bool = True) -> list[dict]:
+    """Rows for :func:`rscir_kit.plots.qualitative_grid`: one per λ with its top-k (images when ``images``),
+    positive flags, class labels and AP.  Also carries ``topk`` (archive indices) for the record."""
+    rows = []
+    for lam in lambdas:
+        st = explorer.set(query=query, text=text, lam=lam, k=k, curve=False)
+        rows.append({"lam": st.lam, "topk": st.topk.tolist(), "paths": st.topk_paths,
+                     "images": [explorer.image(i) for i in st.topk] if images else st.topk_paths,
+                     "positive": st.positive.tolist(), "labels": [explorer.labels[i] for i in st.topk],
+                     "ap": st.ap})
+    return rows
+
+
+def pick_examples(per_pair, lam: float, n: int = 3, by: str = "attribute") -> list[int]:
+    """Pair ids for qualitative figures: the pairs where WeiCom at ``lam`` gains most AP over the better of
+    image-only and text-only, at most one per ``by`` group, best groups first (deterministic: ties → lower
+    pair id).  ``per_pair`` is the engine's per-pair table with methods ``image``, ``text``, ``weicom``."""
+    import pandas as pd
+
+    def ap_of(method, lam_value=None):
+        rows = per_pair[per_pair["method"] == method]
+        if lam_value is not None:
+            rows = rows[np.isclose(rows["lambda"].astype(float), lam_value)]
+        return rows.set_index("pair")["ap"]
+
+    w = ap_of("weicom", lam)
+    if w.empty:
+        raise DataError(f"no WeiCom rows at λ={lam} in the per-pair table; evaluate with that λ")
+    base = pd.concat([ap_of("image"), ap_of("text")], axis=1).max(axis=1)
+    info = per_pair.drop_duplicates("pair").set_index("pair")
+    gain = pd.DataFrame({"gain": w - base.reindex(w.index), "ap": w,
+                         "group": info.loc[w.index, by] if by in info else "all"})
+    gain = gain[gain["ap"] > 0].reset_index().sort_values(["gain", "ap", "pair"], ascending=[False, False, True])
+    picked = gain.drop_duplicates("group").head(n)["pair"].tolist()
+    if len(picked) < n:  # fewer groups than examples: fill with the next best pairs
+        picked += [p for p in gain["pair"] if p not in picked][: n - len(picked)]
+    return [int(p) for p in picked]

@@ -106,8 +106,15 @@ def setup(notebook: str, *, dataset: str = "ucmcom", data_root=None, model: str 
 
     ``None`` means "from the environment": ``data_root`` ← ``$RSCIR_DATA``, ``model`` ←
     :func:`rscir_kit.config.default_model`, ``cache_dir`` ← ``$RSCIR_CACHE``, ``output_dir`` ←
-    ``$RSCIR_OUTPUT/<notebook>``, ``device`` ``"auto"`` ← ``$RSCIR_DEVICE``.  Creates the output folder."""
+    ``$RSCIR_OUTPUT/<notebook>``, ``device`` ``"auto"`` ← ``$RSCIR_DEVICE``, ``size`` ← ``$RSCIR_SIZE`` (a
+    quick-run knob for CI tools that cannot pass parameters, e.g. ``pytest --nbval-lax``; unset = full run).
+    Creates the output folder."""
     absolutize_env()
+    if size is None and os.environ.get("RSCIR_SIZE", "").strip():
+        try:
+            size = int(os.environ["RSCIR_SIZE"])
+        except ValueError:
+            raise DataError(f"RSCIR_SIZE must be a positive integer, got {os.environ['RSCIR_SIZE']!r}") from None
     stem = Path(str(notebook)).stem
     dataset = str(dataset).strip().lower()
     if dataset not in DATASETS:
@@ -280,3 +287,142 @@ def list_outputs(output_root) -> dict[str, dict[str, list[str]]]:
         tables = [str(folder / f) for f in data.get("tables", {}).values()]
         found[folder.name] = {"figures": figures, "tables": tables, "results": [str(results)]}
     return found
+
+
+# ------------------------------------------------------------------------------------------ benchmark
+@dataclass
+class Benchmark:
+    """Everything the composed-retrieval notebooks evaluate: archive features, text features, queries."""
+
+    dataset: str
+    model: str
+    images: Any  # ImageCollection of the archive (paths relative to images.root)
+    archive: Any  # ImageFeatures
+    texts: Any  # TextFeatures of every query text
+    queries: Any  # QuerySet bound to archive.paths
+    image_features_path: Path
+    text_features_path: Path
+    extracted: bool = False  # True when image features were computed in this call (not read from the cache)
+    seconds: float = 0.0
+
+    @property
+    def image_root(self) -> Path:
+        return Path(self.images.root)
+
+    def describe(self) -> dict[str, Any]:
+        t = self.queries.table
+        return {"dataset": self.dataset, "model": self.model, "archive_images": len(self.archive.paths),
+                "classes": len(set(self.images.labels)), "embed_dim": int(self.archive.feats.shape[1]),
+                "query_pairs": len(t), "query_images": int(t["query_path"].nunique()),
+                "texts": int(t["text"].nunique()), "attributes": sorted(t["attribute"].unique().tolist()),
+                "image_features": str(self.image_features_path), "text_features": str(self.text_features_path)}
+
+
+def model_slug(model: str) -> str:
+    """File-name-safe short form of a model spec (``local-dir:/x/ucm-minilm-standin`` → ``ucm-minilm-standin``)."""
+    import re
+
+    text = str(model)
+    if text.startswith("local-dir:"):
+        text = Path(text[len("local-dir:"):]).name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
+
+
+def archive_images(params: NotebookParams):
+    """The archive of ``params.dataset`` as an ImageCollection (``size`` images per class when set).
+
+    UCM-Com: ``<data_root>/ucm`` (UC Merced images); PatternCom: ``<data_root>/PatternNet``."""
+    from .imagesets import ImageCollection
+
+    if params.dataset == "ucmcom":
+        from .datasets.ucm import UCMImages
+
+        ucm = UCMImages(params.data_root / "ucm", strict=params.size is None)
+        return ImageCollection.from_folder(ucm.image_dir, limit_per_class=params.size)
+    from .datasets.patternnet import PatternNet
+
+    pn = PatternNet(params.data_root / "PatternNet")
+    return ImageCollection.from_dataset(pn, root=pn.root, limit_per_class=params.size)
+
+
+def benchmark_queries(params: NotebookParams, archive_paths):
+    """The QuerySet of ``params.dataset`` over ``archive_paths``; a size-limited run drops the queries whose
+    images are not in the reduced archive."""
+    missing = "error" if params.size is None else "drop"
+    if params.dataset == "ucmcom":
+        from .datasets.ucm import UCMMultiLabel
+        from .datasets.ucmcom import build_ucmcom
+
+        return build_ucmcom(UCMMultiLabel(params.data_root / "ucm"), archive_paths=archive_paths, missing=missing)
+    from .datasets.patterncom import PatternCom
+
+    for candidate in (params.data_root / "PatternCom", params.data_root / "PatternNet", params.data_root):
+        try:
+            bench = PatternCom(candidate)
+            break
+        except DataError:
+            continue
+    else:
+        raise DataError(f"PatternCom CSVs not found in {params.data_root}/PatternCom: download them from the official "
+                        "WeiCom repository (github.com/billpsomas/rscir, folder PatternCom) into that folder")
+    return bench.queries(archive_paths, missing=missing)
+
+
+def load_benchmark(params: NotebookParams, encoder=None, progress: bool = True, resume: bool = True) -> Benchmark:
+    """Archive image features, query texts' features and the QuerySet of ``params``, cached in
+    ``params.cache_dir``.
+
+    Cache files: ``<dataset>_<model>_<file-list hash>.npz`` (images, resumable) and
+    ``<dataset>_<model>_texts_<hash of the texts>.npz``.  The model is loaded (``encoder``, default
+    ``load_encoder(params.model)``) only when something must be computed; cached files made by another model
+    are refused (ModelMismatchError from :mod:`rscir_kit.features`)."""
+    import hashlib
+    import time
+
+    from .features import ImageFeatures, TextFeatures, encode_texts, extract_image_features
+
+    start = time.perf_counter()
+    images = archive_images(params)
+    slug = model_slug(params.model)
+    params.cache_dir.mkdir(parents=True, exist_ok=True)
+    img_path = params.cache_dir / f"{params.dataset}_{slug}_{images.fingerprint()[:12]}.npz"
+
+    def get_encoder():
+        nonlocal encoder
+        if encoder is None:
+            from .encoders import load_encoder
+
+            encoder = load_encoder(params.model, device=params.device)
+        return encoder
+
+    extracted = False
+    if img_path.is_file() and resume:
+        archive = ImageFeatures.load(img_path)
+        _check_cached_model(archive.meta, params.model, img_path)
+    else:
+        archive = extract_image_features(images, get_encoder(), img_path, batch_size=params.batch_size,
+                                         resume=resume, progress=progress)
+        extracted = True
+    queries = benchmark_queries(params, archive.paths)
+    unique = list(dict.fromkeys(queries.table["text"].astype(str)))
+    digest = hashlib.sha256("\n".join(unique).encode("utf-8")).hexdigest()[:12]
+    txt_path = params.cache_dir / f"{params.dataset}_{slug}_texts_{digest}.npz"
+    texts = None
+    if txt_path.is_file() and resume:
+        texts = TextFeatures.load(txt_path)
+        _check_cached_model(texts.meta, params.model, txt_path)
+        if texts.texts.tolist() != unique:
+            texts = None
+    if texts is None:
+        texts = encode_texts(unique, get_encoder(), out=txt_path, batch_size=max(params.batch_size, 64))
+    return Benchmark(params.dataset, params.model, images, archive, texts, queries.bind(archive.paths), img_path,
+                     txt_path, extracted, time.perf_counter() - start)
+
+
+def _check_cached_model(meta: dict, model: str, path: Path) -> None:
+    from .errors import ModelMismatchError
+
+    recorded = (meta or {}).get("model")
+    if recorded and str(recorded) != str(model) and model_slug(recorded) != model_slug(model):
+        raise ModelMismatchError(f"{path} was made with model {recorded!r}, not {model!r}; delete it or use "
+                                 "another cache_dir")

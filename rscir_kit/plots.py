@@ -92,6 +92,19 @@ def summary_to_wide(summary: pd.DataFrame, value: str = "map") -> pd.DataFrame:
     return wide[["method", "lambda"] + known + ([AVG] if AVG in wide.columns else [])]
 
 
+def row_key(method: str, lam) -> str:
+    """Key of a (method, λ) row in results.json: ``text``, ``image``, ``average``, ``weicom@0.5``."""
+    if lam is None or (isinstance(lam, float) and math.isnan(lam)):
+        return str(method)
+    return f"{method}@{float(lam):g}"
+
+
+def wide_to_dict(wide: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """``{row_key: {attribute: mAP %, ..., "avg": ...}}`` from a wide table (for results.json)."""
+    cols = [c for c in wide.columns if c not in ("method", "lambda")]
+    return {row_key(r["method"], r["lambda"]): {c: float(r[c]) for c in cols} for _, r in wide.iterrows()}
+
+
 def table2(wide: pd.DataFrame, model: str | None = None, dataset: str | None = None,
            ref_model: str | None = None) -> pd.DataFrame:
     """Table 2 layout: one row per method (label in the paper's style), one column per attribute + avg,
@@ -116,6 +129,23 @@ def table2(wide: pd.DataFrame, model: str | None = None, dataset: str | None = N
                                    float("nan"))
         rows.append(row)
     return pd.DataFrame(rows).set_index("method")
+
+
+def table2_lambdas(best: float, ref_key: str | None, available: Iterable[float]) -> list[float]:
+    """WeiCom λ rows of the Table-2 layout: the paper's λ=0.5, the paper's best λ for its model (paper setup
+    only) and the kit's best λ, restricted to the λ values evaluated."""
+    wanted = {0.5, float(best)}
+    if ref_key is not None:
+        wanted.add(reference.PAPER_BEST_LAMBDA[ref_key])
+    avail = [float(a) for a in available]
+    return sorted(a for a in avail if any(abs(a - w) < 1e-9 for w in wanted))
+
+
+def table2_selection(wide: pd.DataFrame, lambdas: Iterable[float]) -> pd.DataFrame:
+    """The rows of a wide table shown in Table 2: every method without λ, WeiCom only at ``lambdas``."""
+    lams = np.asarray(list(lambdas), dtype=float)
+    shown = wide["lambda"].map(lambda v: pd.notna(v) and bool(np.isclose(float(v), lams).any()))
+    return wide[(wide["method"] != "weicom") | shown].reset_index(drop=True)
 
 
 def plot_table2(wide: pd.DataFrame, model: str | None = None, dataset: str | None = None,
@@ -157,6 +187,47 @@ def plot_table2(wide: pd.DataFrame, model: str | None = None, dataset: str | Non
     return stamp(fig, model)
 
 
+def plot_query_stats(stats: pd.DataFrame, model: str | None = None, dataset: str | None = None):
+    """Bars: query pairs per attribute (left) and mean number of positives per pair (right), from
+    ``QuerySet.summary(["attribute"])`` (reset index)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    x = np.arange(len(stats))
+    names = stats.iloc[:, 0].astype(str).tolist()
+    for ax, col, label in ((axes[0], "pairs", "query pairs"), (axes[1], "mean_positives", "positives per pair")):
+        bars = ax.bar(x, stats[col].to_numpy(dtype=float), color="#4c72b0")
+        for b, v in zip(bars, stats[col]):
+            ax.text(b.get_x() + b.get_width() / 2, float(v), f"{v:.0f}" if col == "pairs" else f"{v:.1f}",
+                    ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{dataset or 'benchmark'}: {int(stats['pairs'].sum())} query pairs, "
+                 f"{int(stats['texts'].sum())} (attribute, text) combinations", fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.94))
+    return stamp(fig, model)
+
+
+def archive_examples(images: Sequence, labels: Sequence[str], model: str | None = None, ncols: int = 7,
+                     loader: Callable | None = None, title: str | None = None):
+    """One thumbnail per class (``images``: paths or arrays, ``labels``: their classes)."""
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    nrows = max(1, math.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.75 * nrows + 0.5), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, item, lab in zip(axes.ravel(), images, labels):
+        ax.imshow(_as_image(item, loader))
+        ax.set_title(str(lab), fontsize=7)
+    fig.suptitle(title or "Archive: one image per class", fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    return stamp(fig, model)
+
+
 # --------------------------------------------------------------------------------------------- λ ablation
 def ablation_frame(wide_weicom: pd.DataFrame) -> pd.DataFrame:
     """WeiCom rows of a wide table (one per λ) → index λ, columns attributes + avg (the Table-3 layout)."""
@@ -178,6 +249,18 @@ def best_lambda(ablation: pd.DataFrame, column: str = AVG) -> float:
 def best_lambdas(ablation: pd.DataFrame) -> dict[str, float]:
     """Best λ for every column (attribute and avg)."""
     return {col: best_lambda(ablation, col) for col in ablation.columns}
+
+
+def table3(ablation: pd.DataFrame) -> pd.DataFrame:
+    """The paper's Table-3 layout: one row per attribute (and avg), one column per λ, then the row's best λ
+    and its mAP."""
+    out = ablation.T.copy()
+    out.columns = [f"λ={float(c):g}" for c in ablation.index]
+    bests = best_lambdas(ablation)
+    out["best λ"] = [bests[c] for c in ablation.columns]
+    out["best mAP"] = [float(ablation.loc[bests[c], c]) for c in ablation.columns]
+    out.index.name = "attribute"
+    return out
 
 
 def _plot_ablation_axes(ax, ablation: pd.DataFrame, title: str):
@@ -217,7 +300,8 @@ def plot_lambda_ablation(ablation: pd.DataFrame, model: str | None = None, datas
     if reference_table is not None:
         _plot_ablation_axes(axes[0, 1], reference_table,
                             reference_title or "paper Table 3 (RemoteCLIP ViT-L/14, PatternCom)")
-    axes[0, 0].legend(fontsize=7, loc="lower center", ncol=4)
+    for ax in axes[0]:
+        ax.legend(fontsize=7, loc="lower center", ncol=4)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     return stamp(fig, model)
 
@@ -245,27 +329,29 @@ def qualitative_grid(query_image, text: str, rows: Sequence[dict], model: str | 
     import matplotlib.pyplot as plt
 
     k = max((len(r["images"]) for r in rows), default=0)
-    n = len(rows)
-    fig, axes = plt.subplots(max(n, 1), k + 1, figsize=(thumb * (k + 1) + 0.6, thumb * max(n, 1) + 0.9),
-                             squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    qimg = _as_image(query_image, loader)
-    mid = (n - 1) // 2
-    axes[mid, 0].imshow(qimg)
-    axes[mid, 0].set_title("query", fontsize=8, fontweight="bold")
-    axes[mid, 0].text(0.5, -0.08, _wrap(text, 18), transform=axes[mid, 0].transAxes, ha="center", va="top",
-                      fontsize=8, style="italic")
+    n = max(len(rows), 1)
+    fig = plt.figure(figsize=(thumb * (k + 2.4), thumb * 1.12 * n + 0.9))
+    gs = fig.add_gridspec(n, k + 2, width_ratios=[1.5, 0.9] + [1.0] * k, wspace=0.06, hspace=0.3,
+                          left=0.01, right=0.99, top=1 - 0.55 / fig.get_figheight(),
+                          bottom=0.35 / fig.get_figheight())
+    ax_q = fig.add_subplot(gs[:, 0])
+    ax_q.imshow(_as_image(query_image, loader))
+    ax_q.axis("off")
+    ax_q.set_title("query", fontsize=9, fontweight="bold")
+    ax_q.text(0.5, -0.04, _wrap(text, 22), transform=ax_q.transAxes, ha="center", va="top", fontsize=9,
+              style="italic")
     for i, row in enumerate(rows):
         lam = float(row["lam"])
-        end = " (image only)" if lam == 0.0 else " (text only)" if lam == 1.0 else ""
+        end = "\n(image only)" if lam == 0.0 else "\n(text only)" if lam == 1.0 else ""
         ap = row.get("ap")
         ap_text = "" if ap is None else f"\nAP {100 * float(ap):.1f}"
-        axes[i, 1].text(-0.08, 0.5, f"λ={lam:g}{end}{ap_text}", transform=axes[i, 1].transAxes, ha="right",
-                        va="center", fontsize=8)
-        draw_image_row(axes[i, 1:1 + len(row["images"])], row["images"], row["positive"], row.get("labels"), loader)
+        ax_l = fig.add_subplot(gs[i, 1])
+        ax_l.axis("off")
+        ax_l.text(0.95, 0.5, f"λ={lam:g}{end}{ap_text}", transform=ax_l.transAxes, ha="right", va="center",
+                  fontsize=8)
+        axes = [fig.add_subplot(gs[i, 2 + j]) for j in range(len(row["images"]))]
+        draw_image_row(axes, row["images"], row["positive"], row.get("labels"), loader)
     fig.suptitle(title or "Top-k archive images for several λ (green outline: positive)", fontsize=10)
-    fig.tight_layout(rect=(0.04, 0.04, 1, 0.95))
     return stamp(fig, model)
 
 

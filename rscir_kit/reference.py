@@ -69,6 +69,9 @@ _TABLE3 = {
 }
 TABLE3_MODEL = "remoteclip-vit-l-14"
 
+#: The best λ reported in the paper for each model (Table 2's second WeiCom row).
+PAPER_BEST_LAMBDA = {"clip-vit-l-14": 0.3, "remoteclip-vit-l-14": 0.6}
+
 #: Averages of the best λ as quoted by the official code release (source "code").
 CODE_RELEASE_AVG = {
     ("clip-vit-l-14", 0.3): 25.03,

@@ -17,7 +17,7 @@ from rscir_kit.errors import DataError  # noqa: E402
 
 @pytest.fixture
 def env(monkeypatch, tmp_path):
-    for name in ("RSCIR_DATA", "RSCIR_WEIGHTS", "RSCIR_MODEL", "RSCIR_CACHE", "RSCIR_OUTPUT", "RSCIR_DEVICE"):
+    for name in ("RSCIR_DATA", "RSCIR_WEIGHTS", "RSCIR_MODEL", "RSCIR_CACHE", "RSCIR_OUTPUT", "RSCIR_DEVICE", "RSCIR_SIZE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RSCIR_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("RSCIR_CACHE", str(tmp_path / "cache"))

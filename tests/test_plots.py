@@ -112,7 +112,7 @@ def test_qualitative_grid_outlines_positives(tmp_path):
     green = [r for r in rects if r.get_linewidth() == 4]
     assert len(rects) == 9 and len(green) == 4
     texts = " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
-    assert "λ=0 (image only)" in texts and "λ=1 (text only)" in texts and "AP 25.0" in texts
+    assert "λ=0\n(image only)" in texts and "λ=1\n(text only)" in texts and "AP 25.0" in texts
     assert "make it red" in texts
     plt.close(fig)
 
@@ -125,4 +125,38 @@ def test_score_distributions_plot():
     assert len(fig.axes) == 2
     legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
     assert any("std 1.000" in t for t in legend)
+    plt.close(fig)
+
+
+def test_table2_selection_and_lambdas():
+    wide = plots.summary_to_wide(_summary())
+    assert plots.table2_lambdas(0.0, None, [0.0, 0.5, 1.0]) == [0.0, 0.5]
+    assert plots.table2_lambdas(1.0, "remoteclip-vit-l-14", [0.0, 0.5, 0.6, 1.0]) == [0.5, 0.6, 1.0]
+    sel = plots.table2_selection(wide, [0.5])
+    assert [plots.row_key(m, l) for m, l in zip(sel["method"], sel["lambda"])] == [
+        "text", "image", "average", "weicom@0.5"]
+    d = plots.wide_to_dict(sel)
+    assert d["weicom@0.5"] == {"color": 40.0, "shape": 30.0, "avg": 35.0}
+
+
+def test_table3_layout():
+    abl = plots.ablation_frame(plots.summary_to_wide(_summary()))
+    t3 = plots.table3(abl)
+    assert list(t3.index) == ["color", "shape", "avg"]
+    assert list(t3.columns) == ["λ=0", "λ=0.5", "λ=1", "best λ", "best mAP"]
+    assert t3.loc["color", "best λ"] == 0.5 and t3.loc["avg", "best mAP"] == 35.0
+    paper = plots.table3(reference.table3())
+    assert paper.loc["color", "best λ"] == 0.1 and paper.loc["avg", "best λ"] == 0.6
+
+
+def test_query_stats_and_archive_examples():
+    stats = pd.DataFrame({"attribute": ["a", "b"], "pairs": [10, 5], "query_images": [8, 5], "texts": [2, 2],
+                          "mean_positives": [3.0, 4.5], "empty": [0, 0]})
+    fig = plots.plot_query_stats(stats, model=STANDIN, dataset="ucmcom")
+    assert [p.get_height() for p in fig.axes[0].patches] == [10, 5]
+    assert "15 query pairs" in fig._suptitle.get_text()
+    plt.close(fig)
+    img = np.zeros((4, 4, 3), np.uint8)
+    fig = plots.archive_examples([img] * 9, list("abcdefghi"), ncols=4, model=STANDIN)
+    assert len(fig.axes) == 12 and sum(bool(ax.images) for ax in fig.axes) == 9
     plt.close(fig)
