@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "rscir_kit.commands.extract",
     "rscir_kit.commands.evaluate",
     "rscir_kit.commands.index",
+    "rscir_kit.commands.notebooks",
 ]
 
 
