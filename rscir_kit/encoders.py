@@ -313,10 +313,11 @@ def _weights_file(folder: Path) -> Path | None:
 
 
 # ------------------------------------------------------------------------------------ weight downloads
-def _offline_hint() -> str:
-    return ("If this machine is offline: download the file on a machine with internet, put it in the folder named "
-            "by $RSCIR_WEIGHTS (same file name), or pass the spec ARCH:/path/to/file.pt; Hugging Face downloads honour "
-            "HF_HUB_CACHE / HF_HOME, and HF_HUB_OFFLINE=1 makes them use only that cache.")
+def _offline_hint(file_name: str | None = None) -> str:
+    where = (f"put it in the folder named by $RSCIR_WEIGHTS as {file_name}, or pass the spec ARCH:/path/to/{file_name}"
+             if file_name else "pass the spec ARCH:/path/to/checkpoint.pt (or local-dir:/folder for open_clip folders)")
+    return (f"If this machine is offline: download the weights on a machine with internet, then {where}. Hugging Face "
+            "downloads honour HF_HUB_CACHE / HF_HOME, and HF_HUB_OFFLINE=1 makes them use only that cache.")
 
 
 def _fetch_preset(p: Preset, cache_dir: str | None) -> Path:
@@ -331,7 +332,8 @@ def _fetch_preset(p: Preset, cache_dir: str | None) -> Path:
             return Path(hf_hub_download(p.hf_repo, p.hf_file, cache_dir=cache_dir))
         except Exception as exc:  # network, offline mode, missing file...
             raise RscirError(f"cannot get the weights of preset {p.name!r} (file {p.hf_file} of Hugging Face repo "
-                             f"{p.hf_repo}): {type(exc).__name__}: {exc}. {_offline_hint()}") from exc
+                             f"{p.hf_repo}): {type(exc).__name__}: {str(exc).strip().rstrip('.')}. "
+                             f"{_offline_hint(p.checkpoint_name)}") from exc
     dest_dir = Path(cache_dir or Path("~/.cache/rscir_kit/weights").expanduser()) / p.name
     found = sorted(dest_dir.rglob(f"*{p.member_suffix}")) if dest_dir.is_dir() else []
     if found:
@@ -350,8 +352,8 @@ def _fetch_preset(p: Preset, cache_dir: str | None) -> Path:
     except Exception as exc:
         tmp.unlink(missing_ok=True)
         raise RscirError(f"cannot download the weights of preset {p.name!r} from {p.url}: {type(exc).__name__}: {exc}. "
-                         f"Unzip it yourself and pass {p.arch}:/path/to/{p.member_suffix}, or put the checkpoint in "
-                         f"$RSCIR_WEIGHTS as {p.checkpoint_name}. {_offline_hint()}") from exc
+                         f"Unzip it yourself and pass {p.arch}:/path/to/{p.member_suffix}. "
+                         f"{_offline_hint(p.checkpoint_name)}") from exc
     found = sorted(dest_dir.rglob(f"*{p.member_suffix}"))
     if not found:
         raise RscirError(f"{p.url} held no file ending in {p.member_suffix} (unpacked in {dest_dir})")

@@ -156,7 +156,7 @@ def test_preset_offline_error_names_file_and_remedy(tmp_path, monkeypatch):
         encoders._fetch_preset(PRESETS["georsclip-vit-b-32"], str(tmp_path / "empty-cache"))
     msg = str(err.value)
     assert "ckpt/RS5M_ViT-B-32.pt" in msg and "Zilun/GeoRSCLIP" in msg
-    assert "RSCIR_WEIGHTS" in msg and "ARCH:/path/to/file.pt" in msg
+    assert "RSCIR_WEIGHTS as RS5M_ViT-B-32.pt" in msg and "ARCH:/path/to/RS5M_ViT-B-32.pt" in msg
 
 
 def test_list_presets_table():
