@@ -206,6 +206,19 @@ class HFCaptioner:
         return [split_sentences(t) or [t] if self.split else [t] for t in texts]
 
 
+def zero_shot_descriptions(image_feats: np.ndarray, encoder, class_texts: Sequence[str],
+                           template: str = "an aerial image of {}.", top_k: int = 1) -> list:
+    """A training-free *tag captioner* from a CLIP-style model: each image (row of ``image_feats`` (N, d), same
+    model as ``encoder``) is described by ``template`` filled with its ``top_k`` zero-shot classes among
+    ``class_texts``. Returns N lists of ``top_k`` descriptions. Works offline; as good as the model's zero-shot
+    accuracy (a realistic, imperfect captioner — unlike the oracle)."""
+    prompts = [template.format(c) for c in class_texts]
+    t = encoder.encode_texts(prompts)
+    scores = np.asarray(image_feats, dtype=np.float32) @ t.T
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+    return [[prompts[j] for j in row] for row in top]
+
+
 def describe_images(captioner: Captioner, files: Sequence, batch_size: int = 8, progress: bool = True) -> list:
     """Run ``captioner`` over image files (paths) in batches → list of N description lists."""
     from tqdm.auto import tqdm
@@ -302,3 +315,238 @@ def hybrid_sweep(s_t2t: np.ndarray, s_t2i: np.ndarray, caption_image: np.ndarray
     table = recall_table(rows, ks)
     table.index.name = "lambda"
     return table
+
+
+# ------------------------------------------------------------------------------------ benchmark drivers
+def image_rows(caption_set, image_features) -> np.ndarray:
+    """(N,) rows of ``image_features`` (paths matched by file stem) for the images of ``caption_set``."""
+    from .datasets.ucm import image_stem, index_by_name
+
+    return index_by_name(image_features.paths, [image_stem(n) for n in caption_set.images],
+                         what="image feature file")
+
+
+def caption_retrieval(caption_set, image_features, encoder, ks: Sequence[int] = KS, batch_size: int = 256) -> dict:
+    """Text↔image R@K / mR of ``encoder`` (text tower) against ``image_features`` on ``caption_set``.
+
+    ``image_features``: ImageFeatures of the same model (matched to the set's images by file stem).
+    """
+    from .features import check_same_model
+
+    check_same_model(image_features.meta, getattr(encoder, "meta", {}) or {}, names=("image features", "encoder"))
+    img = np.asarray(image_features.feats, dtype=np.float32)[image_rows(caption_set, image_features)]
+    txt = encoder.encode_texts(list(caption_set.texts), batch_size=batch_size)
+    return text_image_recall(txt @ img.T, caption_set.caption_image, ks)
+
+
+def _encode_cached(encoder, texts: Sequence[str], cache: dict, batch_size: int) -> np.ndarray:
+    """Embeddings (len(texts), d) of ``texts``, encoding only those not in ``cache`` (text -> row)."""
+    new = [t for t in dict.fromkeys(texts) if t not in cache]
+    if new:
+        for t, e in zip(new, encoder.encode_texts(new, batch_size=batch_size)):
+            cache[t] = e
+    return np.stack([cache[t] for t in texts]) if len(texts) else np.zeros((0, 0), np.float32)
+
+
+def text_to_text_benchmark(caption_set, image_features, clip_encoder, text_encoders: dict, lambdas: Sequence[float],
+                           descriptions: Sequence[Sequence[str]] | None = None, n_descriptions: int = 1,
+                           rotations: Sequence[int] | None = None, ks: Sequence[int] = KS,
+                           norms: Sequence[str] = ("weicom",), batch_size: int = 256) -> pd.DataFrame:
+    """Text-to-image vs. training-free text-to-text vs. their hybrid, on the same queries.
+
+    ``descriptions`` (N lists, e.g. from :func:`describe_images` with a captioner): every caption is a query.
+    ``None``: the *oracle captioner* — for each rotation r, :func:`oracle_split` (offset r) holds out
+    ``n_descriptions`` reference captions per image as its descriptions and the other captions are the queries
+    (and the image→text archive); results are averaged over rotations (default: one per caption of the image
+    with the fewest). ``text_encoders``: {name: TextEncoder} for text-to-text; ``clip_encoder`` gives the
+    text-to-image scores against ``image_features`` (same model). ``norms``: normalisations of the hybrid
+    (``weicom`` = Φ(z), ``zscore``...). Returns one row per (method, text_encoder, norm, λ) with R@K / mR (%),
+    ``n_texts``, ``n_images`` and ``n_rotations`` (``norm`` is empty for the two single-modality rows).
+    """
+    from .features import check_same_model
+
+    check_same_model(image_features.meta, getattr(clip_encoder, "meta", {}) or {},
+                     names=("image features", "text-to-image encoder"))
+    n = len(caption_set)
+    img = np.asarray(image_features.feats, dtype=np.float32)[image_rows(caption_set, image_features)]
+    if descriptions is not None:
+        if len(descriptions) != n:
+            raise DataError(f"{len(descriptions)} description lists for {n} images.")
+        rounds = [(list(descriptions), caption_set.texts, caption_set.caption_image)]
+    else:
+        if rotations is None:
+            rotations = range(min(len(c) for c in caption_set.captions))
+        rounds = [oracle_split(caption_set.captions, n_descriptions, offset=r) for r in rotations]
+    caches: dict = {name: {} for name in ["__clip__", *text_encoders]}
+    results: dict = {}
+    for descs, q_texts, q_image in rounds:
+        d_texts, d_owner = flatten_descriptions(descs)
+        q_clip = _encode_cached(clip_encoder, list(q_texts), caches["__clip__"], batch_size)
+        s_t2i = q_clip @ img.T
+        clip_id = getattr(clip_encoder, "model_id", "clip")
+        rows = {("text→image", clip_id, "", np.nan): text_image_recall(s_t2i, q_image, ks)}
+        for name, enc in text_encoders.items():
+            q = _encode_cached(enc, list(q_texts), caches[name], batch_size)
+            d = _encode_cached(enc, list(d_texts), caches[name], batch_size)
+            s_t2t = max_over_descriptions(q @ d.T, d_owner, n)
+            rows[("text-to-text", name, "", np.nan)] = text_image_recall(s_t2t, q_image, ks)
+            for norm in norms:
+                for lam in lambdas:
+                    t2i = hybrid_scores(s_t2t, s_t2i, lam, norm, dim=1)
+                    i2t = hybrid_scores(s_t2t, s_t2i, lam, norm, dim=0).T
+                    rows[("hybrid", name, norm, float(lam))] = text_image_recall(t2i, q_image, ks, sim_i2t=i2t)
+        for key, val in rows.items():
+            results.setdefault(key, []).append(val)
+    out = []
+    for (method, enc, norm, lam), vals in results.items():
+        row = {"method": method, "text_encoder": enc, "norm": norm, "lambda": lam}
+        row.update(pd.DataFrame(vals).mean().to_dict())
+        row["n_rotations"] = len(vals)
+        out.append(row)
+    df = pd.DataFrame(out)
+    for c in ("n_texts", "n_images"):
+        df[c] = df[c].round().astype(int)
+    return df
+
+
+def oracle_benchmark(caption_set, image_features, clip_encoder, text_encoders: dict, lambdas: Sequence[float],
+                     n_descriptions: int = 1, rotations: Sequence[int] | None = None, ks: Sequence[int] = KS,
+                     norm: str = "weicom", batch_size: int = 256) -> pd.DataFrame:
+    """:func:`text_to_text_benchmark` with the oracle captioner (held-out reference captions; an upper bound)."""
+    return text_to_text_benchmark(caption_set, image_features, clip_encoder, text_encoders, lambdas, None,
+                                  n_descriptions, rotations, ks, (norm,), batch_size)
+
+
+def caption_benchmark(data_root, encoder, cache_dir, captions=None, image_dir=None, split: str = "test",
+                      size: int | None = None, batch_size: int = 64, progress: bool = True):
+    """The ``split`` of a caption set and the image features of its images (extracted once into ``cache_dir``).
+
+    ``captions``: None → UCM-Captions from ``<data_root>/ucm`` (images from :class:`UCMImages`); else the path
+    of a ``dataset_*.json`` (RSICD, RSITMD, Sydney-Captions...) whose file names are relative to ``image_dir``.
+    ``size``: keep at most ``size`` images per class (class = file stem without trailing digits/underscores).
+    Returns ``(CaptionSet, ImageFeatures)``.
+    """
+    import re
+    from pathlib import Path
+
+    from .datasets.captions import load_caption_set
+    from .datasets.ucm import UCMCaptions, UCMImages
+    from .features import extract_image_features
+    from .imagesets import ImageCollection
+    from .nbutils import model_slug
+
+    data_root = Path(data_root)
+    if captions is None:
+        cs = UCMCaptions(data_root / "ucm").split(split)
+        ucm = UCMImages(data_root / "ucm")
+        root, paths = ucm.image_dir, ucm.path_of(cs.images).tolist()
+    else:
+        cs = load_caption_set(captions, image_dir=image_dir).split(split)
+        if cs.image_dir is None:
+            raise DataError(f"pass image_dir= (the folder of the images of {captions}).")
+        root, paths = Path(cs.image_dir), cs.images.tolist()
+    classes = [re.sub(r"[_\-\s]*\d+$", "", Path(p).stem) for p in paths]
+    if size is not None:
+        taken: dict = {}
+        keep = []
+        for i, c in enumerate(classes):
+            taken[c] = taken.get(c, 0) + 1
+            if taken[c] <= size:
+                keep.append(i)
+        cs = cs.subset(keep)
+        paths, classes = [paths[i] for i in keep], [classes[i] for i in keep]
+    coll = ImageCollection.from_dataset(list(zip(paths, classes)), root=root)
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", cs.name)
+    out = cache_dir / f"captions_{name}_{model_slug(getattr(encoder, 'model_id', 'model'))}_{coll.fingerprint()[:12]}.npz"
+    feats = extract_image_features(coll, encoder, out, batch_size=batch_size, progress=progress)
+    return cs, feats
+
+
+def caption_image_files(caption_set, data_root=None, image_dir=None) -> list:
+    """Absolute image files of ``caption_set`` (UCM names via :class:`UCMImages`, else ``image_dir / key``)."""
+    from pathlib import Path
+
+    from .datasets.ucm import UCMImages, default_root
+
+    if image_dir is None and caption_set.image_dir is None:
+        ucm = UCMImages(default_root(None if data_root is None else Path(data_root) / "ucm"))
+        return [ucm.image_dir / p for p in ucm.path_of(caption_set.images)]
+    root = Path(image_dir or caption_set.image_dir)
+    return [root / k for k in caption_set.images]
+
+
+# ------------------------------------------------------------------------------------- tables / figures
+def hybrid_summary(table: pd.DataFrame, metric: str = "mR") -> pd.DataFrame:
+    """Per text encoder (and hybrid normalisation): text→image, text-to-text, hybrid at the best λ (by
+    ``metric``) and at λ = 0.5. ``table``: output of :func:`text_to_text_benchmark`.
+    Columns: the R@K, mR and ``lambda``."""
+    metrics = [c for c in table.columns if "R@" in c] + ["mR"]
+    base = table[table.method == "text→image"].iloc[0]
+    rows = {f"text→image ({base.text_encoder})": {**base[metrics].to_dict(), "lambda": np.nan}}
+    for enc, g in table[table.method != "text→image"].groupby("text_encoder", sort=False):
+        t2t = g[g.method == "text-to-text"].iloc[0]
+        rows[f"text-to-text ({enc})"] = {**t2t[metrics].to_dict(), "lambda": np.nan}
+        for norm, hyb in g[g.method == "hybrid"].groupby("norm", sort=False):
+            best = hyb.loc[hyb[metric].idxmax()]
+            rows[f"hybrid {norm} ({enc}), best λ"] = {**best[metrics].to_dict(), "lambda": best["lambda"]}
+            half = hyb[np.isclose(hyb["lambda"], 0.5)]
+            if len(half):
+                rows[f"hybrid {norm} ({enc}), λ=0.5"] = {**half.iloc[0][metrics].to_dict(), "lambda": 0.5}
+    return pd.DataFrame(rows).T[metrics + ["lambda"]].astype(float).round(2)
+
+
+def beats_both(table: pd.DataFrame) -> pd.DataFrame:
+    """Where the hybrid beats both text→image and text-to-text: one row per (text encoder, norm, metric)
+    with the λ values at which it is strictly better than both, and the best margin (points)."""
+    metrics = [c for c in table.columns if "R@" in c] + ["mR"]
+    base = table[table.method == "text→image"].iloc[0]
+    rows = []
+    for (enc, norm), hyb in table[table.method == "hybrid"].groupby(["text_encoder", "norm"], sort=False):
+        t2t = table[(table.method == "text-to-text") & (table.text_encoder == enc)].iloc[0]
+        for m in metrics:
+            ref = max(base[m], t2t[m])
+            win = hyb[hyb[m] > ref + 1e-9]
+            rows.append({"text_encoder": enc, "norm": norm, "metric": m, "text→image": base[m], "text-to-text": t2t[m],
+                         "best hybrid": hyb[m].max(), "margin": hyb[m].max() - ref,
+                         "λ where hybrid > both": " ".join(f"{x:g}" for x in win["lambda"])})
+    return pd.DataFrame(rows).round(2)
+
+
+def plot_recall(table: pd.DataFrame, title: str = "text↔image retrieval"):
+    """Grouped bars of R@K (both directions) and mR, one group per row of a :func:`recall_table`."""
+    import matplotlib.pyplot as plt
+
+    cols = [c for c in table.columns if "R@" in c] + ["mR"]
+    fig, ax = plt.subplots(figsize=(1.1 * len(cols) + 2, 3.2))
+    width = 0.8 / max(1, len(table))
+    x = np.arange(len(cols))
+    for j, (label, row) in enumerate(table[cols].iterrows()):
+        bars = ax.bar(x + j * width, row.to_numpy(dtype=float), width, label=str(label))
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(x + width * (len(table) - 1) / 2, [c.replace("_", " ") for c in cols])
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_hybrid(table: pd.DataFrame, metric: str = "mR", title: str = "hybrid over λ"):
+    """``metric`` of the hybrid against λ per text encoder, with text→image (λ=0 end) as a dashed line."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    base = table[table.method == "text→image"].iloc[0]
+    ax.axhline(base[metric], ls="--", color="gray", label=f"text→image ({base.text_encoder})")
+    for (enc, norm), g in table[table.method == "hybrid"].groupby(["text_encoder", "norm"], sort=False):
+        g = g.sort_values("lambda")
+        ax.plot(g["lambda"], g[metric], marker="o", label=f"hybrid ({norm}), text-to-text with {enc}")
+    ax.set_xlabel("λ (0 = text→image, 1 = text-to-text)")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

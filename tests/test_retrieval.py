@@ -120,3 +120,64 @@ def test_hf_captioner_parses_pipeline_outputs():
 
     cap = HFCaptioner("fake", task="image-to-text", pipe=fake_i2t, split=False)
     assert cap(["im"]) == [["X y"]]
+
+
+class _FakeEncoder:
+    """Texts -> fixed unit vectors from a table (unknown texts -> the last axis)."""
+
+    def __init__(self, table, dim):
+        self.table, self.dim = table, dim
+        self.model_id = "fake"
+        self.meta = {"model": "fake"}
+        self.calls = 0
+
+    def encode_texts(self, texts, batch_size=256):
+        self.calls += 1
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for i, t in enumerate(texts):
+            out[i] = self.table.get(t, np.eye(self.dim)[-1])
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_zero_shot_descriptions_pick_the_best_prompt():
+    from rscir_kit.retrieval import zero_shot_descriptions
+
+    enc = _FakeEncoder({"an aerial image of sea.": [1, 0, 0], "an aerial image of road.": [0, 1, 0]}, 3)
+    feats = np.array([[0.2, 0.9, 0.1], [0.8, 0.1, 0.0]])
+    assert zero_shot_descriptions(feats, enc, ["sea", "road"]) == [["an aerial image of road."],
+                                                                   ["an aerial image of sea."]]
+    assert zero_shot_descriptions(feats, enc, ["sea", "road"], top_k=2)[1] == ["an aerial image of sea.",
+                                                                                "an aerial image of road."]
+
+
+def test_text_to_text_benchmark_on_a_tiny_set():
+    from types import SimpleNamespace
+
+    from rscir_kit.datasets.captions import CaptionSet
+    from rscir_kit.retrieval import beats_both, hybrid_summary, text_to_text_benchmark
+
+    cs = CaptionSet("tiny", np.array(["sea01", "road01"]), np.array(["test"] * 2),
+                    [["blue water", "the sea"], ["a grey road", "the road"]])
+    feats = SimpleNamespace(paths=np.array(["x/road01.jpg", "x/sea01.jpg"]), meta={"model": "fake"},
+                            feats=np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], np.float32))
+    # the CLIP-like encoder maps every caption to the sea image's direction: text->image gets only "sea" right
+    clip = _FakeEncoder({}, 3)
+    clip.table = {t: [1.0, 0.1, 0.0] for t in cs.texts}
+    words = {"blue water": [1, 0, 0], "the sea": [1, 0.2, 0], "a grey road": [0, 1, 0], "the road": [0.2, 1, 0]}
+    text = _FakeEncoder(words, 3)
+    table = text_to_text_benchmark(cs, feats, clip, {"words": text}, [0.0, 1.0], ks=(1,))
+    assert table.method.tolist() == ["text→image", "text-to-text", "hybrid", "hybrid"]
+    t2i = table.iloc[0]
+    # oracle, 2 rotations: 2 queries per rotation, each image answered by the one remaining caption
+    assert (t2i.n_texts, t2i.n_images, t2i.n_rotations) == (2, 2, 2)
+    assert t2i["t2i_R@1"] == 50.0
+    assert table.iloc[1]["t2i_R@1"] == 100.0 and table.iloc[1]["i2t_R@1"] == 100.0
+    assert text.calls <= 4  # embeddings cached across rotations
+    summary = hybrid_summary(table, metric="t2i_R@1")
+    assert summary.loc["hybrid weicom (words), best λ", "lambda"] == 1.0
+    bb = beats_both(table)
+    assert (bb["λ where hybrid > both"] == "").all()  # the hybrid only ties text-to-text here
+    # given descriptions: every caption is a query, one round
+    table = text_to_text_benchmark(cs, feats, clip, {"words": text}, [0.5], descriptions=[["the sea"], ["the road"]],
+                                   ks=(1,))
+    assert table.iloc[0].n_texts == 4 and table.iloc[0].n_rotations == 1

@@ -69,9 +69,15 @@ class CaptionSet:
         if not keep.any():
             raise DataError(f"{self.source or self.name}: no image in split {wanted}; splits present: "
                             f"{sorted(set(self.splits.tolist()))}.")
-        idx = np.flatnonzero(keep)
-        return CaptionSet(f"{self.name}[{'+'.join(wanted)}]", self.images[idx], self.splits[idx],
-                          [list(self.captions[i]) for i in idx], self.source, self.image_dir)
+        out = self.subset(np.flatnonzero(keep))
+        out.name = f"{self.name}[{'+'.join(wanted)}]"
+        return out
+
+    def subset(self, rows: Sequence[int]) -> "CaptionSet":
+        """Subset with the images at positions ``rows`` (in that order)."""
+        idx = np.asarray(rows, dtype=np.int64)
+        return CaptionSet(self.name, self.images[idx], self.splits[idx], [list(self.captions[i]) for i in idx],
+                          self.source, self.image_dir)
 
     def split_sizes(self) -> dict:
         names, counts = np.unique(self.splits, return_counts=True)

@@ -32,6 +32,16 @@ UCM_CLASSES = (
     "mediumresidential", "mobilehomepark", "overpass", "parkinglot", "river", "runway",
     "sparseresidential", "storagetanks", "tenniscourt",
 )
+# Class names as words (for prompts): "baseballdiamond" -> "baseball diamond".
+UCM_CLASS_TEXT = {
+    "agricultural": "agricultural field", "airplane": "airplane", "baseballdiamond": "baseball diamond",
+    "beach": "beach", "buildings": "buildings", "chaparral": "chaparral", "denseresidential": "dense residential area",
+    "forest": "forest", "freeway": "freeway", "golfcourse": "golf course", "harbor": "harbor",
+    "intersection": "intersection", "mediumresidential": "medium residential area",
+    "mobilehomepark": "mobile home park", "overpass": "overpass", "parkinglot": "parking lot", "river": "river",
+    "runway": "runway", "sparseresidential": "sparse residential area", "storagetanks": "storage tanks",
+    "tenniscourt": "tennis court",
+}
 UCM_LABELS = (
     "airplane", "bare-soil", "buildings", "cars", "chaparral", "court", "dock", "field", "grass",
     "mobile-home", "pavement", "sand", "sea", "ship", "tanks", "trees", "water",

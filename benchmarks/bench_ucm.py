@@ -1,0 +1,143 @@
+"""UCM benchmarks with timings: UCM-Com (baselines + WeiCom over λ, template effect), text↔image retrieval on
+the UCM-Captions test split, training-free text-to-text retrieval and its hybrid with text-to-image.
+
+    RSCIR_DATA=../shared/data RSCIR_WEIGHTS=../shared/weights HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \\
+        python benchmarks/bench_ucm.py [--features ucm.npz] [--out outputs/bench_ucm]
+
+Image features of all 2,100 UCM images are read from ``--features`` or extracted once into ``$RSCIR_CACHE``
+(not part of the timed steps). Prints the tables and writes them as CSV (+ ``timings.json``) to ``--out``.
+With the offline stand-in model the numbers are plumbing numbers, not results of a published model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rscir_kit import config
+from rscir_kit.datasets.ucm import UCMCaptions, UCMImages, UCMMultiLabel
+from rscir_kit.datasets.ucmcom import TEMPLATES, build_ucmcom, resolve_template
+from rscir_kit.engine import evaluate, summarize, wide_table
+from rscir_kit.retrieval import caption_retrieval, load_text_encoder, oracle_benchmark, recall_table
+
+LAMBDAS = [round(0.1 * i, 1) for i in range(11)]
+TIMES: dict[str, float] = {}
+
+
+@contextmanager
+def timed(name: str):
+    start = time.perf_counter()
+    yield
+    TIMES[name] = round(time.perf_counter() - start, 3)
+    print(f"[time] {name}: {TIMES[name]:.2f} s", flush=True)
+
+
+def image_features(args, encoder_loader):
+    from rscir_kit.features import ImageFeatures, extract_image_features
+    from rscir_kit.imagesets import ImageCollection
+    from rscir_kit.nbutils import model_slug
+
+    if args.features:
+        return ImageFeatures.load(args.features)
+    ucm = UCMImages(config.data_root() / "ucm")
+    coll = ImageCollection.from_folder(ucm.image_dir)
+    out = config.cache_dir() / f"ucmcom_{model_slug(args.model)}_{coll.fingerprint()[:12]}.npz"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with timed("extract_image_features (not part of the benchmarks)"):
+        return extract_image_features(coll, encoder_loader(), out, batch_size=64)
+
+
+def show(title: str, df: pd.DataFrame, out: Path, name: str):
+    print(f"\n## {title}\n{df.to_string()}", flush=True)
+    df.to_csv(out / f"{name}.csv")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--features", help="ImageFeatures .npz of all UCM images (default: extract into the cache)")
+    ap.add_argument("--model", default=None, help="open_clip spec (default: rscir_kit.config.default_model())")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default=str(config.output_dir() / "bench_ucm"))
+    ap.add_argument("--skip-text2text", action="store_true")
+    args = ap.parse_args(argv)
+    args.model = args.model or config.default_model()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from rscir_kit.encoders import load_encoder
+
+    with timed("load model"):
+        encoder = load_encoder(args.model, device=args.device)
+    feats = image_features(args, lambda: encoder)
+    root = config.data_root() / "ucm"
+    info = {"model": args.model, "archive_images": len(feats.paths), "embed_dim": int(feats.feats.shape[1])}
+
+    # ---------------------------------------------------------------- UCM-Com: build + 11 λ
+    with timed("ucmcom_build"):
+        labels = UCMMultiLabel(root)
+        qs = build_ucmcom(labels, feats.paths)
+    with timed("ucmcom_evaluate_baselines_and_11_lambdas"):
+        per_pair = evaluate(qs, feats, encoder, methods=("image", "text", "average", "weicom"), lambdas=LAMBDAS,
+                            device=args.device, progress=False)
+    info.update(ucmcom_pairs=len(qs), ucmcom_groups=qs.meta["n_groups"],
+                ucmcom_add=int((qs.table.direction == "add").sum()),
+                ucmcom_remove=int((qs.table.direction == "remove").sum()))
+    counts = qs.table.groupby(["attribute", "direction"]).size().unstack(fill_value=0)
+    counts["classes"] = qs.table.groupby("attribute")["query_class"].nunique()
+    show("UCM-Com query pairs per label and direction", counts, out, "ucmcom_counts")
+    show("UCM-Com mAP (%) by direction (avg = mean of the two)",
+         wide_table(summarize(per_pair, by="direction"), by="direction"), out, "ucmcom_by_direction")
+    for d in ("add", "remove"):
+        show(f"UCM-Com mAP (%) per label, direction {d} (avg = mean over labels)",
+             wide_table(summarize(per_pair[per_pair.direction == d], by="attribute"), by="attribute"), out,
+             f"ucmcom_by_label_{d}")
+    show("UCM-Com mAP (%) per label, both directions (avg = mean over labels)",
+         wide_table(summarize(per_pair, by="attribute"), by="attribute"), out, "ucmcom_by_label")
+
+    # ---------------------------------------------------------------- template effect
+    rows = {}
+    with timed("ucmcom_templates"):
+        for name in TEMPLATES:
+            add_t, rem_t = resolve_template(name)
+            q = build_ucmcom(labels, feats.paths, template=name)
+            pp = evaluate(q, feats, encoder, methods=("text", "average", "weicom"), lambdas=LAMBDAS,
+                          device=args.device, progress=False)
+            s = summarize(pp, by="direction")
+            avg = s[s.direction == "avg"].set_index(["method", "lambda"])["map"]
+            w = avg.loc["weicom"]
+            rows[f"{add_t} / {rem_t}"] = {"Text": avg.loc[("text", np.nan)] if ("text", np.nan) in avg.index else
+                                          avg.xs("text", level=0).iloc[0],
+                                          "Text & Image (avg)": avg.xs("average", level=0).iloc[0],
+                                          "WeiCom λ=0.5": w.loc[0.5], "WeiCom best": w.max(),
+                                          "best λ": float(w.idxmax())}
+    show("UCM-Com template effect (mAP %, mean of the two directions; Image-only does not depend on it)",
+         pd.DataFrame(rows).T, out, "ucmcom_templates")
+
+    # ---------------------------------------------------------------- text↔image on the test split
+    captions = UCMCaptions(root)
+    test = captions.split("test")
+    with timed("text_image_test_split"):
+        r = caption_retrieval(test, feats, encoder)
+    show("UCM-Captions test split: text↔image R@K (%)", recall_table({args.model: r}), out, "text_image")
+
+    # ---------------------------------------------------------------- text-to-text + hybrid
+    if not args.skip_text2text:
+        with timed("text_to_text_and_hybrid (5 rotations, 2 text encoders, 11 λ)"):
+            minilm = load_text_encoder("minilm", device=args.device)
+            table = oracle_benchmark(test, feats, encoder, {"all-MiniLM-L6-v2": minilm, "stand-in text tower": encoder},
+                                     LAMBDAS)
+        show("Text-to-text (oracle captioner = 1 held-out reference caption per image; an upper bound) and "
+             "hybrid λ·Φ(z(t2t)) + (1-λ)·Φ(z(t2i)), R@K (%), mean over 5 rotations",
+             table.set_index(["method", "text_encoder", "lambda"]).round(2), out, "text_to_text")
+    info["seconds"] = TIMES
+    (out / "timings.json").write_text(json.dumps(info, indent=1))
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
