@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "rscir_kit.commands.evaluate",
     "rscir_kit.commands.index",
     "rscir_kit.commands.notebooks",
+    "rscir_kit.commands.ucm",
 ]
 
 
