@@ -34,6 +34,15 @@ PICKLE_SUFFIXES = (".pkl", ".pickle")
 
 
 # ------------------------------------------------------------------------------------------- helpers
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -48,6 +57,7 @@ def _atomic_write(path: Path, write: Callable) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with _suppress():

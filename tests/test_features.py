@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -53,6 +54,9 @@ def test_image_features_npz_round_trip(tmp_path):
                       {"model": "m", "model_name": "m", "activation": "gelu"})
     out = f.save(tmp_path / "sub" / "f.npz")
     assert sorted(p.name for p in out.parent.iterdir()) == ["f.npz"]  # no temp file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
     g = ImageFeatures.load(out)
     np.testing.assert_array_equal(f.feats, g.feats)
     assert g.feats.dtype == np.float32 and g.paths.tolist() == f.paths.tolist() and g.labels.tolist() == f.labels.tolist()
