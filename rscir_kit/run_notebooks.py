@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import os
 import re
@@ -63,8 +64,11 @@ def run(notebooks=None, out=None, only=None, size=None, dataset=None, model=None
     """Execute the notebooks in order; returns the summary (also written to ``<out>/summary.json``).
 
     A failing notebook stops the run: its partially executed copy is kept in ``<out>`` and the error names it."""
-    import papermill as pm
-
+    try:
+        import papermill  # noqa: F401
+    except ImportError:
+        raise DataError("papermill is not installed: pip install 'rscir-kit[notebooks]' (papermill, ipykernel)") \
+            from None
     nbutils.absolutize_env()
     folder = Path(notebooks) if notebooks else default_notebook_dir()
     paths = find_notebooks(folder, only)
@@ -75,6 +79,30 @@ def run(notebooks=None, out=None, only=None, size=None, dataset=None, model=None
                                 "cache_dir": str(cache_dir) if cache_dir else None}.items() if v is not None}
     common.update(parameters or {})
     say = (lambda *a, **k: None) if quiet else print
+    with _kernel_imports_this_checkout():
+        return _run(paths, folder, out, common, kernel, timeout, progress, say)
+
+
+@contextlib.contextmanager
+def _kernel_imports_this_checkout():
+    """Kernels start in the notebook folder: put this package's repository first on their PYTHONPATH so they
+    import the same rscir_kit as the runner (matters for a clone next to another installed copy)."""
+    root = nbutils.repo_root()
+    old = os.environ.get("PYTHONPATH")
+    if root is not None:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(root)] + ([old] if old else []))
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def _run(paths, folder, out, common, kernel, timeout, progress, say) -> dict:
+    import papermill as pm
+
     say(f"running {len(paths)} notebook(s) from {folder} -> {out}")
     done = []
     t_all = time.perf_counter()
