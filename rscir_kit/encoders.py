@@ -288,7 +288,9 @@ def _parse_spec(spec: str, cache_dir: str | None) -> _Plan:
     tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained)
     if tag_cfg:
         quick = arch_quick or bool(tag_cfg.get("quick_gelu", False))
-        return _Plan(arch, pretrained, f"{arch}:{pretrained}", f"{arch}:{pretrained}", quick, arch, {})
+        same = [p.name for p in PRESETS.values() if (p.arch, p.tag) == (arch, pretrained)]
+        short = same[0] if same else f"{arch}:{pretrained}"  # ViT-L-14:openai and openai-vit-l-14 compare equal
+        return _Plan(arch, pretrained, f"{arch}:{pretrained}", short, quick, arch, {})
     ckpt = Path(pretrained).expanduser()
     if not ckpt.is_file():
         raise RscirError(f"model spec {spec!r}: {pretrained!r} is neither an open_clip tag of {arch} "
@@ -456,7 +458,7 @@ def load_encoder(spec: str | None = None, device: str = "auto", precision: str =
                     "a cache holding it (or add an hf_hub_cache/ seed folder beside open_clip_config.json) and "
                     "HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1.")
         raise RscirError(f"cannot load model {spec!r}: {type(exc).__name__}: {text}. {hint}") from exc
-    if not quick and detect_activation(model) == "quickgelu":
+    if act == "gelu" and detect_activation(model) == "quickgelu":
         raise RscirError(f"activation={activation!r} asked for GELU but the config of {spec!r} fixes QuickGELU; "
                          "load the checkpoint as ARCH:/path/ckpt.pt with a non-quickgelu ARCH instead")
     model.eval()

@@ -106,6 +106,7 @@ def test_auto_activation_per_spec():
     # every published RS model here was fine-tuned from OpenAI CLIP -> QuickGELU by default
     assert all(p.activation == "quickgelu" for p in PRESETS.values())
     assert encoders._parse_spec("openai-vit-l-14", None).model_id == "openai-vit-l-14"
+    assert encoders._parse_spec("ViT-L-14:openai", None).short_name == "openai-vit-l-14"
 
 
 def test_checkpoint_file_into_arch_equals_local_dir(tiny_dir, tmp_path):
