@@ -433,6 +433,9 @@ def load_encoder(spec: str | None = None, device: str = "auto", precision: str =
     if device in (None, "", "auto"):
         device = config.default_device()
     dev = config.resolve_device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RscirError(f"device {device!r} requested but CUDA is not available here (torch {torch.__version__}); "
+                         "use device='auto' or 'cpu' (CLI: --device cpu, or unset RSCIR_DEVICE)")
     prec = _resolve_precision(precision, dev)
     plan = _parse_spec(spec, cache_dir)
     quick = plan.auto_quick_gelu if act == "auto" else act == "quickgelu"

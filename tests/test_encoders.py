@@ -224,3 +224,6 @@ def test_precision_plumbing(tiny_dir):
     np.testing.assert_allclose(x, full.encode_images(ims), atol=5e-3)
     with pytest.raises(RscirError, match="precision"):
         load_encoder(f"local-dir:{tiny_dir}", precision="fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(RscirError, match="CUDA is not available"):
+            load_encoder(f"local-dir:{tiny_dir}", device="cuda")
