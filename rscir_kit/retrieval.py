@@ -295,7 +295,8 @@ def hybrid_scores(s_t2t: np.ndarray, s_t2i: np.ndarray, lam: float, norm: str = 
     from .normalization import normalize
 
     lam = check_lambda(lam)
-    s_t2t, s_t2i = np.asarray(s_t2t, dtype=np.float32), np.asarray(s_t2i, dtype=np.float32)
+    # float64: in float32, Φ of the top scores of a peaked row rounds to 1.0 and creates spurious ties.
+    s_t2t, s_t2i = np.asarray(s_t2t, dtype=np.float64), np.asarray(s_t2i, dtype=np.float64)
     if s_t2t.shape != s_t2i.shape:
         raise DataError(f"text-to-text scores {s_t2t.shape} and text-to-image scores {s_t2i.shape} differ in shape.")
     return lam * normalize(s_t2t, norm, dim=dim) + (1.0 - lam) * normalize(s_t2i, norm, dim=dim)
