@@ -68,6 +68,7 @@ from .errors import DataError, RscirError
 FORMAT_VERSION = 1
 MODES = ("exact", "fast", "scan")
 _CHUNK = 65536
+_BLOCK = 2048          # rows per float64 block when re-scoring (fits in L2 cache)
 _TINY = 1e-12
 
 
@@ -453,12 +454,15 @@ class ArchiveIndex:
     def similarities(self, ids, Q) -> np.ndarray:
         """Exact float64 similarities (len(ids), B) of archive rows ``ids`` with the queries Q (B, d)."""
         ids = np.asarray(ids, dtype=np.int64)
-        order = np.argsort(ids, kind="stable")
+        q64 = np.ascontiguousarray(np.asarray(Q, dtype=np.float64).T)
+        if len(ids) > 1 and np.any(ids[1:] < ids[:-1]):       # gather in archive order (memmap locality)
+            order = np.argsort(ids, kind="stable")
+            out = np.empty((len(ids), len(Q)), np.float64)
+            out[order] = self.similarities(ids[order], Q)
+            return out
         out = np.empty((len(ids), len(Q)), np.float64)
-        q64 = np.asarray(Q, dtype=np.float64).T
-        for s in range(0, len(ids), 8192):
-            sel = order[s:s + 8192]
-            out[sel] = self.rows[ids[sel]].astype(np.float64) @ q64
+        for s in range(0, len(ids), _BLOCK):
+            _row_dots(self.rows[ids[s:s + _BLOCK]], q64, out[s:s + _BLOCK])
         return out
 
     def _margin(self, q: np.ndarray) -> float:
@@ -508,7 +512,13 @@ class ArchiveIndex:
             if found is None:
                 info["fallback"] = "exact"
         if found is None and mode in ("exact", "fast"):
-            found = self._threshold(Q, active, lam, mean, std, k, "exact", None, depth, info)
+            seeds = None
+            if mode == "exact" and self.fast is not None and depth is None:
+                # cheap approximate candidates (scored exactly) bound the k-th best score from above, which
+                # tells how deep the exact lists must be read: usually one flat pass suffices
+                seeds = self._threshold(Q, active, lam, mean, std, k, "fast", nprobe, max(4 * k, 256), {},
+                                        terminate=False)
+            found = self._threshold(Q, active, lam, mean, std, k, "exact", None, depth, info, seeds=seeds)
             if found is None:
                 info["fallback"] = "scan"
         if found is None:
@@ -546,7 +556,7 @@ class ArchiveIndex:
         if ivf is not None:
             # probe the cells whose centroids score best under the *composed* WeiCom score, for both lists
             probes = min(int(nprobe or self.nprobe), ivf.nlist)
-            cs = Q @ cent.T                                     # (2, nlist) centroid similarities
+            cs = np.stack([cent @ Q[0], cent @ Q[1]])            # (2, nlist) centroid similarities (gemv)
             cell_tail = weicom_tail(cs[0].astype(np.float64), cs[1].astype(np.float64), lam, mean, std)
             cells = np.argsort(cell_tail, kind="stable")[:probes].astype(np.int64)
             Iq = np.ascontiguousarray(np.tile(cells, (len(active), 1)))
@@ -557,9 +567,19 @@ class ArchiveIndex:
             return self.fast.search(Qa, depth, params=faiss.SearchParametersHNSW(efSearch=max(depth, 64)))
         return self.fast.search(Qa, depth)
 
-    def _threshold(self, Q, active, lam, mean, std, k, source, nprobe, depth, info):
-        """Fagin's threshold algorithm over ranked lists from ``source``; None when the lists run long."""
+    def _threshold(self, Q, active, lam, mean, std, k, source, nprobe, depth, info, seeds=None, terminate=True):
+        """Fagin's threshold algorithm over ranked lists from ``source``; None when the lists run long.
+
+        seeds: (ids, tails, sims) of items already scored exactly (e.g. fast-mode candidates); their k-th best
+        tail T_k sets the first list depth: an item below the z-level z* = Q⁻¹(T_k) in every list has a tail
+        above T_k, so the lists need to reach z* (≈ N·T_k items each under a normal model; checked, deepened
+        ×4 if short). terminate=False (seeding): one fetch, return all candidates scored.
+        """
         n = self.n
+        if depth is None and seeds is not None and len(seeds[0]) >= k:
+            t_k = float(np.partition(seeds[1], k - 1)[k - 1])
+            depth = int(min(n, max(4 * k, 2.0 * n * t_k + 2 * k)))
+            info["seed_tail_k"] = t_k
         depth = int(depth or max(4 * k, 256, math.ceil(math.sqrt(k * n))))
         max_depth = max(n // 8, 4 * k) if source == "exact" else max(16 * depth, n // 64)
         margins = np.array([self._margin(q) for q in Q]) if source == "exact" else np.zeros(2)
@@ -568,7 +588,8 @@ class ArchiveIndex:
             depth = min(depth, n)
             D, I = self._lists(Q, active, depth, source, nprobe, lam, mean, std)
             fetches += 1
-            res = self._ta(D, I, Q, active, lam, mean, std, k, margins, complete=(source == "exact"))
+            res = self._ta(D, I, Q, active, lam, mean, std, k, margins, complete=(source == "exact"),
+                           seeds=seeds, terminate=terminate)
             if res is not None:
                 ids, tail, sims, read, scored = res
                 info.update({"lists": source, "depth": depth, "fetches": fetches, "read_depth": read,
@@ -579,15 +600,16 @@ class ArchiveIndex:
                 return None
             depth *= 4
 
-    def _ta(self, D, I, Q, active, lam, mean, std, k, margins, complete: bool):
+    def _ta(self, D, I, Q, active, lam, mean, std, k, margins, complete: bool, seeds=None, terminate=True):
         """Read the fetched lists in growing prefixes; stop once the k-th best beats the threshold."""
         n = self.n
         length = D.shape[1]
         valid = [int(np.count_nonzero(I[r] >= 0)) for r in range(len(active))]
-        seen = np.zeros(0, np.int64)
-        cand_tail = np.zeros(0)
-        cand_sims = np.zeros((0, 2))
-        step = min(length, max(2 * k, 128))
+        if seeds is not None:
+            seen, cand_tail, cand_sims = (np.asarray(a).copy() for a in seeds)
+        else:
+            seen, cand_tail, cand_sims = np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 2))
+        step = min(length, max(2 * k, 128)) if terminate else length
         while True:
             new = np.unique(np.concatenate([I[r, :min(step, valid[r])] for r in range(len(active))]))
             new = new[new >= 0]
@@ -611,6 +633,8 @@ class ArchiveIndex:
                 if not list_done:
                     tau[j] = D[r, at - 1] + margins[j]
             bound = np.inf if exhausted else float(weicom_tail(tau[:1], tau[1:], lam, mean, std)[0])
+            if not terminate:
+                return seen, cand_tail, cand_sims, step, len(seen)
             if len(seen) >= k:
                 top = _stable_top(cand_tail, seen, k)
                 if cand_tail[top[-1]] < bound:  # strict: an unseen item could tie and have a lower index
@@ -621,14 +645,11 @@ class ArchiveIndex:
 
     def _scan(self, Q, lam, k, info, chunk: int = _CHUNK):
         """Two-pass brute force (the reference): all N float64 similarities, full-pass mean/std, top-k."""
-        import torch
-
         n = self.n
         sims = np.empty((n, 2), np.float64)
-        q64 = torch.from_numpy(np.asarray(Q, dtype=np.float64).T.copy())
-        for s in range(0, n, chunk):  # pass 1: similarities
-            block = torch.from_numpy(np.array(self.rows[s:s + chunk]))
-            sims[s:s + chunk] = (block.double() @ q64).numpy()
+        q64 = np.ascontiguousarray(np.asarray(Q, dtype=np.float64).T)
+        for s in range(0, n, _BLOCK):  # pass 1: similarities (same row-local kernel as the re-scoring)
+            _row_dots(self.rows[s:s + _BLOCK], q64, sims[s:s + _BLOCK])
         mean = sims.mean(axis=0)
         std = sims.std(axis=0, ddof=1)
         tail = weicom_tail(sims[:, 0], sims[:, 1], lam, mean, std)  # pass 2: score + top-k
@@ -644,6 +665,17 @@ def _nlist(index) -> int:
         return int(faiss.extract_index_ivf(index).nlist)
     except RuntimeError:
         return 256
+
+
+def _row_dots(block16: np.ndarray, q64: np.ndarray, out: np.ndarray) -> None:
+    """out[i, b] = Σ_j float64(block[i, j]) · q64[j, b], computed row by row with the same loop for every row.
+
+    Row-local on purpose (numpy's einsum reduction, no BLAS blocking): a row's score never depends on which
+    other rows share the call, so duplicates tie exactly and the scan, exact and fast modes agree to the bit.
+    """
+    b = np.asarray(block16, dtype=np.float64)
+    for j in range(q64.shape[1]):
+        out[:, j] = np.einsum("ij,j->i", b, q64[:, j])
 
 
 def _rows_memmap(flat_path: Path, n: int, d: int) -> np.ndarray:
