@@ -228,8 +228,10 @@ class LambdaExplorer:
         state = state or self.state or self.set()
         k = state.k
         cols = max(k + 1, 6)
-        fig = plt.figure(figsize=(max(1.45 * cols, 10.5), 6.4))
-        gs = fig.add_gridspec(2, cols, height_ratios=[1.0, 1.25], hspace=0.55, wspace=0.15)
+        width = max(1.45 * cols, 10.5)
+        thumb = width / cols
+        fig = plt.figure(figsize=(width, thumb * 1.25 + 3.6))
+        gs = fig.add_gridspec(2, cols, height_ratios=[thumb * 1.25, 2.6], hspace=0.45, wspace=0.3)
         ax_q = fig.add_subplot(gs[0, 0])
         ax_q.imshow(self.image(state.query))
         ax_q.axis("off")
@@ -257,7 +259,8 @@ class LambdaExplorer:
         src = "" if state.text_source == "benchmark" else " (free text, embedded on the fly)"
         fig.suptitle(f"WeiCom λ={state.lam:g} - AP {ap} - {int(state.positive.sum())}/{k} of the top-{k} "
                      f"positive{src}", fontsize=10)
-        fig.subplots_adjust(left=0.05, right=0.98, top=0.88, bottom=0.12)
+        fig.subplots_adjust(left=0.05, right=0.98, top=1 - 0.45 / fig.get_figheight(),
+                            bottom=0.75 / fig.get_figheight())
         return plots.stamp(fig, self.model)
 
     # ------------------------------------------------------------------ widget

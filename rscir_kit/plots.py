@@ -217,14 +217,15 @@ def archive_examples(images: Sequence, labels: Sequence[str], model: str | None 
 
     n = len(images)
     nrows = max(1, math.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.75 * nrows + 0.5), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.95 * nrows + 0.7), squeeze=False,
+                             gridspec_kw={"hspace": 0.3, "wspace": 0.05})
     for ax in axes.ravel():
         ax.axis("off")
     for ax, item, lab in zip(axes.ravel(), images, labels):
         ax.imshow(_as_image(item, loader))
         ax.set_title(str(lab), fontsize=7)
     fig.suptitle(title or "Archive: one image per class", fontsize=10)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.5 / fig.get_figheight(), bottom=0.3 / fig.get_figheight())
     return stamp(fig, model)
 
 
@@ -259,6 +260,18 @@ def table3(ablation: pd.DataFrame) -> pd.DataFrame:
     bests = best_lambdas(ablation)
     out["best λ"] = [bests[c] for c in ablation.columns]
     out["best mAP"] = [float(ablation.loc[bests[c], c]) for c in ablation.columns]
+    out.index.name = "attribute"
+    return out
+
+
+def table3_difference(ablation: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
+    """Kit minus paper (mAP points) in the Table-3 layout, on the λ values and columns both have."""
+    lams = [l for l in ablation.index if any(np.isclose(l, paper.index))]
+    cols = [c for c in ablation.columns if c in paper.columns]
+    kit = ablation.loc[lams, cols]
+    ref = paper.loc[[paper.index[np.isclose(paper.index, l)][0] for l in lams], cols].to_numpy()
+    out = (kit - ref).T
+    out.columns = [f"λ={float(l):g}" for l in lams]
     out.index.name = "attribute"
     return out
 

@@ -110,16 +110,16 @@ def _run(paths, folder, out, common, kernel, timeout, progress, say) -> dict:
         params = dict(common, output_dir=str(out / nb.stem))
         target = out / nb.name
         t0 = time.perf_counter()
-        say(f"[{i}/{len(paths)}] {nb.stem} ...", end="", flush=True)
+        say(f"[{i}/{len(paths)}] {nb.stem} ...", flush=True)
         try:
             pm.execute_notebook(str(nb), str(target), parameters=params, kernel_name=kernel, cwd=str(folder),
                                 progress_bar=progress, log_output=False, execution_timeout=timeout)
         except pm.PapermillExecutionError as exc:
-            say(" FAILED")
+            say("    FAILED")
             raise DataError(f"notebook {nb.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
                             f"the executed copy with the traceback is {target}") from None
         seconds = time.perf_counter() - t0
-        say(f" done in {seconds:.1f} s")
+        say(f"    done in {seconds:.1f} s")
         done.append({"notebook": nb.stem, "executed": str(target), "seconds": round(seconds, 1),
                      "output_dir": str(out / nb.stem)})
     listing = nbutils.list_outputs(out)

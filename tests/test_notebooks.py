@@ -302,3 +302,43 @@ def test_06_explorer_two_lambdas_two_grids_and_exact_ap(executed):
     # the normalised scores really are on a common scale, the raw ones need not be
     stats = r6["score_stats"]
     assert 0.35 < stats["image_norm"]["mean"] < 0.65 and 0.35 < stats["text_norm"]["mean"] < 0.65
+
+
+# ----------------------------------------------------------------------------- the paper's setup (synthetic)
+@pytest.mark.slow
+def test_patterncom_path_prints_the_paper_numbers_beside(tmp_path, patternnet_filelist):
+    """dataset="patterncom" end to end on a synthetic PatternNet (real file names, tiny images) with a tiny
+    random model stored under a RemoteCLIP ViT-L/14 name: the notebooks take the paper-setup path."""
+    from PIL import Image
+
+    from _tiny_model import make_tiny_model_dir
+    from synthetic_patterncom import make_synthetic_patterncom
+
+    data = tmp_path / "data"
+    archive, _, _ = make_synthetic_patterncom(patternnet_filelist, data / "PatternCom")
+    rng = np.random.default_rng(0)
+    for path, label in zip(archive.paths, archive.labels):
+        target = data / "PatternNet" / "images" / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        base = np.frombuffer(label.encode().ljust(3, b"x")[:3], np.uint8)
+        pixels = np.clip(base[None, None, :] + rng.integers(0, 60, (32, 32, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(target)
+    model_dir = make_tiny_model_dir(tmp_path / "RemoteCLIP-ViT-L-14-tiny-test")
+    out = tmp_path / "out"
+    run_notebooks.run(notebooks=NOTEBOOK_DIR, out=out, only=["01", "03", "04"], dataset="patterncom",
+                      model=f"local-dir:{model_dir}", data_root=data, cache_dir=tmp_path / "cache", device="cpu",
+                      quiet=True)
+    r1 = json.loads((out / "01_extract_embeddings" / "results.json").read_text())
+    assert r1["dataset"] == "patterncom" and r1["archive_images"] == len(archive.paths) == 38 * 12
+    assert r1["attributes"] == ["color", "context", "density", "existence", "quantity", "shape"]
+    r3 = json.loads((out / "03_weicom" / "results.json").read_text())
+    assert r3["paper_setup"] == "remoteclip-vit-l-14"
+    assert "weicom@0.6" in r3["table2_rows"] and "weicom@0.5" in r3["table2_rows"]  # the paper's two λ rows
+    table = pd.read_csv(out / "03_weicom" / "table2.csv").set_index("method")
+    assert table.loc["Text", "color paper"] == 10.75 and table.loc["WeiCom (λ=0.6)", "avg paper"] == 30.19
+    assert table.loc["WeiCom (λ=0.6)", "avg code"] == 30.13
+    assert table.loc["Image", "shape"] == pytest.approx(r3["map"]["image"]["shape"], abs=1e-3)
+    r4 = json.loads((out / "04_lambda_ablation" / "results.json").read_text())
+    assert "kit_minus_paper_table3" in r4["tables"]
+    diff = pd.read_csv(out / "04_lambda_ablation" / "kit_minus_paper_table3.csv").set_index("attribute")
+    assert diff.loc["avg", "λ=0.6"] == pytest.approx(r4["ablation"]["0.6"]["avg"] - 30.2, abs=1e-3)

@@ -160,3 +160,11 @@ def test_query_stats_and_archive_examples():
     fig = plots.archive_examples([img] * 9, list("abcdefghi"), ncols=4, model=STANDIN)
     assert len(fig.axes) == 12 and sum(bool(ax.images) for ax in fig.axes) == 9
     plt.close(fig)
+
+
+def test_table3_difference():
+    paper = reference.table3()
+    kit = paper.loc[[0.0, 0.5, 1.0]] + 1.0
+    diff = plots.table3_difference(kit, paper)
+    assert list(diff.columns) == ["λ=0", "λ=0.5", "λ=1"] and diff.index.name == "attribute"
+    assert np.allclose(diff.to_numpy(), 1.0)
