@@ -31,8 +31,11 @@ it stop early.
 Modes of :meth:`ArchiveIndex.search`
 ------------------------------------
 ``"exact"``  TA over exact ranked lists from a flat FAISS inner-product index over the float16 rows
-             (``IndexScalarQuantizer`` QT_fp16, codes memory-mapped from disk); lists are deepened ×4 until the
-             threshold test passes, and a brute-force scan takes over when they run long (> N/8).
+             (``IndexScalarQuantizer`` QT_fp16, codes memory-mapped from disk). The fast index first supplies
+             candidates (scored exactly) whose k-th best score T_k bounds the answer; every item below the
+             z-level Q⁻¹(T_k) in both lists scores worse, so the first list depth is set to reach it (one flat
+             pass as a rule). Lists are deepened ×4 while the threshold test fails, and a brute-force scan
+             takes over when they run long (> N/8).
 ``"fast"``   TA over approximate lists from the IVF (or HNSW / any ``index_factory`` string) index built with
              ``fast=``; candidates are still re-scored exactly, so only recall (not the scores) is approximate.
              Falls back to ``"exact"`` when the lists run long.
@@ -529,6 +532,19 @@ class ArchiveIndex:
                             sims[:, 1] if qt is not None else np.full(len(ids), np.nan),
                             None if self.paths is None else self.paths[ids],
                             None if self.labels is None else self.labels[ids], info)
+
+    def search_lambdas(self, image_feat, text_feat, lams=(0.0, 0.25, 0.5, 0.75, 1.0), k: int = 20,
+                       mode: str = "exact", nprobe: int | None = None):
+        """Top-k for several λ (the λ explorer): one DataFrame, columns lam, rank, index, score, s_img, s_txt
+        (+ path, label). The O(d²) statistics are shared; each λ is one search."""
+        import pandas as pd
+
+        frames = []
+        for lam in lams:
+            df = self.search(image_feat, text_feat, lam=lam, k=k, mode=mode, nprobe=nprobe).to_frame()
+            df.insert(0, "lam", float(lam))
+            frames.append(df)
+        return pd.concat(frames, ignore_index=True)
 
     def _ivf(self):
         """(IVF index, centroids (nlist, d) float32) when the fast index is a plain IVF; else (None, None)."""

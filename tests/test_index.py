@@ -100,7 +100,7 @@ def test_threshold_algorithm_equals_brute_force(built, lam):
     idx, x = built
     rng = np.random.default_rng(int(lam * 100))
     stored = np.asarray(idx.rows)
-    for j, (qi, qt) in enumerate(_queries(x, rng, 12)):
+    for j, (qi, qt) in enumerate(_queries(x, rng, 8)):
         k = (1, 7, 25, 60)[j % 4]
         ref_ids, ref_scores = _reference(stored, qi, qt, lam, k)
         for kwargs in ({}, {"depth": 16}):                       # default depth, and a deliberately short start
@@ -263,3 +263,11 @@ def test_cli_build_and_search(tmp_path, capsys, monkeypatch):
         cmd.query_vectors(idx, "c/7.jpg", "river", model="other-model")
     assert cli.main(["search", "--index", str(tmp_path / "idx"), "--image", "c/7.jpg", "--lam", "2"]) == 2
     assert "[0, 1]" in capsys.readouterr().err
+
+
+def test_search_lambdas_for_the_explorer(built):
+    idx, x = built
+    qi, qt = next(_queries(x, np.random.default_rng(17), 1))
+    df = idx.search_lambdas(qi, qt, lams=(0.0, 0.5, 1.0), k=5)
+    assert df["lam"].tolist() == [0.0] * 5 + [0.5] * 5 + [1.0] * 5
+    np.testing.assert_array_equal(df[df["lam"] == 0.5]["index"].to_numpy(), idx.search(qi, qt, lam=0.5, k=5).indices)
