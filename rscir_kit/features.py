@@ -14,7 +14,6 @@ import json
 import os
 import pickle
 import shutil
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import numpy as np
 
 from . import __version__
 from .errors import DataError, ModelMismatchError
+from .io import atomic_write
 
 # Keys compared by check_same_model; STRICT_KEYS are added for resuming/reusing an extraction.
 MODEL_KEYS = ("model_name", "activation", "embed_dim", "image_size", "weights_bytes")
@@ -34,43 +34,8 @@ PICKLE_SUFFIXES = (".pkl", ".pickle")
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def _read_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _atomic_write(path: Path, write: Callable) -> None:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with _suppress():
-            os.unlink(tmp)
-        raise
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return exc[0] is not None and issubclass(exc[0], OSError)
 
 
 def _str_array(values) -> np.ndarray:
@@ -157,7 +122,7 @@ class ImageFeatures:
         """Write ``path`` (.npz) atomically; returns the path."""
         path = Path(path)
         meta = json.dumps(self.meta, sort_keys=True)
-        _atomic_write(path, lambda f: np.savez(f, feats=self.feats, paths=self.paths, labels=self.labels,
+        atomic_write(path, lambda f: np.savez(f, feats=self.feats, paths=self.paths, labels=self.labels,
                                                meta=np.asarray(meta)))
         return path
 
@@ -293,7 +258,7 @@ class TextFeatures:
     def save(self, path) -> Path:
         path = Path(path)
         meta = json.dumps(self.meta, sort_keys=True)
-        _atomic_write(path, lambda f: np.savez(f, texts=self.texts, feats=self.feats, meta=np.asarray(meta)))
+        atomic_write(path, lambda f: np.savez(f, texts=self.texts, feats=self.feats, meta=np.asarray(meta)))
         return path
 
     @classmethod
@@ -410,7 +375,7 @@ def extract_image_features(collection, encoder, out, batch_size: int = 64, resum
         partial.mkdir(parents=True)
         manifest = {"model_meta": meta, "file_list_sha256": fp, "n_images": n, "chunk_size": int(chunk_size),
                     "batch_size": batch_size, "created": _now()}
-        _atomic_write(manifest_path, lambda f: f.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
+        atomic_write(manifest_path, lambda f: f.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
 
     n_chunks = (n + chunk_size - 1) // chunk_size
     bounds = [(k * chunk_size, min(n, (k + 1) * chunk_size)) for k in range(n_chunks)]
@@ -435,7 +400,7 @@ def extract_image_features(collection, encoder, out, batch_size: int = 64, resum
                 if stop == bounds[k][1]:
                     arr = np.concatenate(parts, 0)
                     parts = []
-                    _atomic_write(_chunk_path(partial, k), lambda f: np.save(f, arr))
+                    atomic_write(_chunk_path(partial, k), lambda f: np.save(f, arr))
                     if on_chunk is not None:
                         on_chunk(k, n_chunks)
     finally:

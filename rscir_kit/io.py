@@ -1,26 +1,40 @@
-"""Small file helpers: atomic writes (temp file in the same folder + ``os.replace``)."""
+"""Atomic file writes: a temp file in the target's folder, fsync, then ``os.replace``.
+
+Readers never see a half-written file, and an interrupted write leaves the previous file untouched.
+"""
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
 
 
 @contextlib.contextmanager
 def atomic_path(path, suffix: str | None = None):
     """Yield a temporary path beside ``path``; on success it atomically replaces ``path``.
 
-    On an exception the temporary file is removed and ``path`` is left untouched.
-    ``suffix`` defaults to the target's suffix (numpy's ``savez`` appends ``.npz`` otherwise).
+    On an exception the temporary file is removed and ``path`` is left untouched. ``suffix``
+    defaults to the target's suffix (numpy's ``savez`` appends ``.npz`` to names without it).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix,
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix if suffix is None else suffix,
                                dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -28,6 +42,16 @@ def atomic_path(path, suffix: str | None = None):
         raise
 
 
-def write_text_atomic(path, text: str) -> None:
+def atomic_write(path, write: Callable, mode: str = "wb") -> Path:
+    """Call ``write(fileobj)`` on a temp file opened with ``mode``, fsync it, then move it to ``path``."""
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(text, encoding="utf-8")
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return Path(path)
+
+
+def write_text_atomic(path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write(path, lambda fh: fh.write(text), mode="w")
