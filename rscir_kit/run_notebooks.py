@@ -79,25 +79,37 @@ def run(notebooks=None, out=None, only=None, size=None, dataset=None, model=None
                                 "cache_dir": str(cache_dir) if cache_dir else None}.items() if v is not None}
     common.update(parameters or {})
     say = (lambda *a, **k: None) if quiet else print
-    with _kernel_imports_this_checkout():
+    with _kernel_env():
         return _run(paths, folder, out, common, kernel, timeout, progress, say)
 
 
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+
 @contextlib.contextmanager
-def _kernel_imports_this_checkout():
-    """Kernels start in the notebook folder: put this package's repository first on their PYTHONPATH so they
-    import the same rscir_kit as the runner (matters for a clone next to another installed copy)."""
+def _kernel_env():
+    """Environment the kernels inherit while the notebooks run.
+
+    * This package's repository goes first on ``PYTHONPATH``: kernels start in the notebook folder and must
+      import the same rscir_kit as the runner (matters for a clone next to another installed copy).
+    * ``MPLBACKEND`` is set to the inline backend: a headless ``MPLBACKEND=Agg`` (CI, Makefiles) would
+      otherwise leave the executed notebooks without their figures (the PNG/PDF files are written either way).
+    """
     root = nbutils.repo_root()
-    old = os.environ.get("PYTHONPATH")
+    wanted = {"MPLBACKEND": INLINE_BACKEND}
     if root is not None:
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(root)] + ([old] if old else []))
+        old_path = os.environ.get("PYTHONPATH")
+        wanted["PYTHONPATH"] = os.pathsep.join([str(root)] + ([old_path] if old_path else []))
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _run(paths, folder, out, common, kernel, timeout, progress, say) -> dict:

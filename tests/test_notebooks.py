@@ -89,10 +89,11 @@ def _toy_notebook(path: Path, body: str):
 
 
 @pytest.mark.slow
-def test_runner_executes_in_order_and_lists_outputs(tmp_path):
+def test_runner_executes_in_order_and_lists_outputs(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")  # as in headless CI: the executed notebooks must still show figures
     nbs = tmp_path / "nbs"
     nbs.mkdir()
-    body = ("import matplotlib; matplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
+    body = ("import matplotlib.pyplot as plt\n"
             "from rscir_kit import nbutils\n"
             "rec = nbutils.Recorder(output_dir, notebook='{name}')\n"
             "rec.record(value=value * 2, size=size)\n"
@@ -105,7 +106,9 @@ def test_runner_executes_in_order_and_lists_outputs(tmp_path):
         data = json.loads((tmp_path / "out" / n["notebook"] / "results.json").read_text())
         assert data["value"] == 42 and data["size"] == 3
         assert sorted(Path(f).name for f in n["figures"]) == ["line.pdf", "line.png"]
-        assert Path(n["executed"]).is_file()
+        executed_nb = nbformat.read(n["executed"], as_version=4)
+        assert any("image/png" in o.get("data", {}) for c in executed_nb.cells if c.cell_type == "code"
+                   for o in c.outputs), "the executed notebook lost its inline figure"
     assert "02_second/line.png" in (tmp_path / "out" / "index.md").read_text()
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["parameters"] == {"size": 3, "value": 21}
 
