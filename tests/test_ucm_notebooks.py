@@ -76,9 +76,10 @@ def test_08_oracle_protocol_counts_and_summary(executed):
     assert (r["n_images"], r["n_queries"]) == (21 * SIZE, 4 * 21 * SIZE)  # 1 caption held out per image
     rows = {row["index"]: row for row in r["summary"]}
     assert any(k.startswith("text→image") for k in rows) and "text-to-text (minilm)" in rows
+    assert "hybrid zscore (minilm), best λ" in rows
     best = rows["hybrid weicom (minilm), best λ"]
     table = pd.read_csv(executed["out"] / "08_text_to_text" / "text_to_text.csv")
-    hyb = table[(table.method == "hybrid") & (table.text_encoder == "minilm")]
+    hyb = table[(table.method == "hybrid") & (table.text_encoder == "minilm") & (table.norm == "weicom")]
     assert best["mR"] == pytest.approx(hyb["mR"].max(), abs=0.01)
     # lambda 0 ranks by text-to-image alone (Phi is monotonic): the same text->image recall
     t2i = table[table.method == "text→image"].iloc[0]

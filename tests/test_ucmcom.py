@@ -95,6 +95,14 @@ def test_real_ucmcom_counts(real_labels, shared_data):
     without_l = df.groupby(cls).size().to_numpy()[:, None] - with_l
     ok = (with_l >= 5) & (without_l >= 5)
     assert qs.meta["n_groups"] == int(ok.values.sum()) == 80
+    # every group: the query count of each direction is the pandas count of images lacking / having the label
+    per_group = t.groupby(["query_class", "label", "direction"]).size()
+    for (c, lab), good in ok.stack().items():
+        if good:
+            assert per_group[c, lab, "add"] == without_l.loc[c, lab]
+            assert per_group[c, lab, "remove"] == with_l.loc[c, lab]
+            pid_add = t[(t.query_class == c) & (t.label == lab) & (t.direction == "add")].positive_id.iloc[0]
+            assert len(qs.positive_sets[pid_add]) == with_l.loc[c, lab]
     assert (t.direction == "add").sum() == int(without_l[ok].sum().sum()) == 3827
     assert (t.direction == "remove").sum() == int(with_l[ok].sum().sum()) == 4173
     assert len(qs) == 8000  # every group covers all 100 images of its class, once as a query
