@@ -258,7 +258,7 @@ class Recorder:
         self.save()
         return paths
 
-    def table(self, frame, name: str, index: bool = False, float_format: str | None = "%.4g") -> Path:
+    def table(self, frame, name: str, index: bool = False, float_format: str | None = "%.6g") -> Path:
         """Save a DataFrame as ``<name>.csv``; returns the path."""
         _check_name(name)
         path = self.output_dir / f"{name}.csv"

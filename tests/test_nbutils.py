@@ -80,8 +80,8 @@ def test_recorder_writes_json_figures_tables(env):
     paths = rec.figure(fig, "curve")
     assert [q.suffix for q in paths] == [".png", ".pdf"]
     assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[1].read_bytes()[:5] == b"%PDF-"
-    csv = rec.table(pd.DataFrame({"a": [1.23456, 2.0]}), "tab")
-    assert pd.read_csv(csv)["a"].tolist() == [1.235, 2.0]
+    csv = rec.table(pd.DataFrame({"a": [1.2345649, 2.0]}), "tab")
+    assert pd.read_csv(csv)["a"].tolist() == [1.23456, 2.0]
     data = nbutils.load_results(p.output_dir)
     assert data["map"] == {"color": 12.5, "avg": None}  # NaN → null, valid JSON
     assert data["best_lambda"] == 0.6 and data["ids"] == [0, 1, 2] and data["where"] == "/x"
