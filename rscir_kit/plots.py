@@ -161,6 +161,7 @@ def plot_table2(wide: pd.DataFrame, model: str | None = None, dataset: str | Non
     width = 0.8 / max(n_rows, 1)
     cmap = plt.get_cmap("tab10")
     x = np.arange(len(cols))
+    top = float(np.nanmax(wide[cols].to_numpy(dtype=float))) if n_rows else 1.0
     for i, (_, r) in enumerate(wide.iterrows()):
         lam = None if pd.isna(r["lambda"]) else float(r["lambda"])
         vals = np.array([r[c] for c in cols], dtype=float)
@@ -175,14 +176,15 @@ def plot_table2(wide: pd.DataFrame, model: str | None = None, dataset: str | Non
             ref_vals = np.array([np.nan if v is None else v for v in refs], dtype=float)
             ax.scatter(pos, ref_vals, marker="_", s=200, color="black", zorder=3,
                        label="paper" if i == 0 else None)
+            if np.isfinite(ref_vals).any():
+                top = max(top, float(np.nanmax(ref_vals)))
     ax.set_xticks(x)
     ax.set_xticklabels(cols)
     ax.set_ylabel("mAP (%)")
     ax.set_title(title or f"Composed retrieval per attribute ({dataset or 'dataset'})")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(axis="y", alpha=0.3)
-    top = np.nanmax(wide[cols].to_numpy(dtype=float)) if n_rows else 1.0
-    ax.set_ylim(0, max(1.0, float(top)) * 1.25)
+    ax.set_ylim(0, max(1.0, top) * 1.25)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     return stamp(fig, model)
 

@@ -168,3 +168,11 @@ def test_table3_difference():
     diff = plots.table3_difference(kit, paper)
     assert list(diff.columns) == ["λ=0", "λ=0.5", "λ=1"] and diff.index.name == "attribute"
     assert np.allclose(diff.to_numpy(), 1.0)
+
+
+def test_plot_table2_y_range_includes_paper_values():
+    wide = plots.summary_to_wide(_summary())  # kit values ≤ 40; RemoteCLIP paper values up to 43.68
+    wide.loc[:, ["color", "shape", "avg"]] /= 10
+    fig = plots.plot_table2(wide, model="remoteclip-vit-l-14", dataset="patterncom")
+    assert fig.axes[0].get_ylim()[1] >= 43.68
+    plt.close(fig)
