@@ -50,6 +50,28 @@ def find_notebooks(folder, only=None) -> list[Path]:
     return found
 
 
+def strip_outputs(paths) -> list[Path]:
+    """Clear outputs, execution counts and saved widget state of notebooks in place (before committing);
+    returns the files that changed."""
+    import nbformat
+
+    changed = []
+    for path in map(Path, paths):
+        nb = nbformat.read(path, as_version=4)
+        before = nbformat.writes(nb)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.outputs = []
+                cell.execution_count = None
+                cell.metadata.pop("execution", None)
+        nb.metadata.pop("widgets", None)
+        nb.metadata.pop("papermill", None)
+        if nbformat.writes(nb) != before:
+            nbformat.write(nb, path)
+            changed.append(path)
+    return changed
+
+
 def _parse_value(text: str):
     """``-p key value``: Python literals (numbers, lists, None, True) are parsed, anything else is a string."""
     try:
@@ -188,10 +210,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="any notebook parameter, value as a Python literal (e.g. -p lambdas '[0, 0.5, 1]')")
     parser.add_argument("--kernel", default=KERNEL, help="Jupyter kernel name (default: python3)")
     parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    parser.add_argument("--strip", action="store_true",
+                        help="do not run: clear the outputs of the notebooks in place (before committing them)")
     return parser
 
 
 def main_from_args(args) -> int:
+    if args.strip:
+        paths = find_notebooks(args.notebooks or default_notebook_dir(), args.only)
+        changed = strip_outputs(paths)
+        print(f"stripped {len(changed)} of {len(paths)} notebook(s)" + "".join(f"\n  {p}" for p in changed))
+        return 0
     summary = run(notebooks=args.notebooks, out=args.out, only=args.only, size=args.size, dataset=args.dataset,
                   model=args.model, data_root=args.data_root, cache_dir=args.cache_dir, device=args.device,
                   parameters={k: _parse_value(v) for k, v in args.parameter}, kernel=args.kernel,

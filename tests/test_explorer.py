@@ -150,3 +150,16 @@ def test_widget_drives_the_same_logic(world):
     w["query"].value = "c0/img01.jpg"
     assert ex.state.query_path == "c0/img01.jpg"
     plt.close("all")
+
+
+def test_widget_free_text_goes_through_the_encoder(world):
+    archive, qs, texts = world
+    enc = Encoder()
+    ex = LambdaExplorer(archive, queries=qs, texts=texts, encoder=enc, k=5)
+    ex.widget()
+    w = ex._widgets
+    assert w["text"].ensure_option is False  # free typing allowed when a model is available
+    w["text"].value = "a sentence nobody benchmarked"
+    assert ex.state.text == "a sentence nobody benchmarked" and ex.state.text_source == "encoder"
+    assert ex.state.ap is None and "n/a" in w["info"].value
+    plt.close("all")

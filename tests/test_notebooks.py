@@ -39,7 +39,7 @@ def test_committed_notebook_has_no_outputs(path):
     nb = nbformat.read(path, as_version=4)
     stale = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
     assert not stale, (f"{path.name}: cells {stale} carry outputs/execution counts; strip them "
-                       f"(jupyter nbconvert --clear-output --inplace {path.relative_to(REPO)})")
+                       f"(rscir-kit notebooks --strip --only {path.stem[:2]})")
     assert "widgets" not in nb.metadata, f"{path.name}: saved widget state in the metadata; clear it"
 
 
@@ -77,6 +77,21 @@ def test_find_notebooks_order_and_only(tmp_path):
         run_notebooks.find_notebooks(tmp_path, only=["07"])
     assert run_notebooks._parse_value("[0, 0.5]") == [0, 0.5] and run_notebooks._parse_value("None") is None
     assert run_notebooks._parse_value("ViT-B-32:openai") == "ViT-B-32:openai"
+
+
+def test_strip_outputs(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("1 + 1", execution_count=3,
+                                     outputs=[nbformat.v4.new_output("execute_result", {"text/plain": "2"},
+                                                                     execution_count=3)])
+    nb.cells = [nbformat.v4.new_markdown_cell("# t"), cell]
+    nb.metadata["widgets"] = {"state": {}}
+    nbformat.write(nb, tmp_path / "01_t.ipynb")
+    assert run_notebooks.strip_outputs([tmp_path / "01_t.ipynb"]) == [tmp_path / "01_t.ipynb"]
+    clean = nbformat.read(tmp_path / "01_t.ipynb", as_version=4)
+    assert clean.cells[1].outputs == [] and clean.cells[1].execution_count is None and "widgets" not in clean.metadata
+    assert clean.cells[1].source == "1 + 1"
+    assert run_notebooks.strip_outputs([tmp_path / "01_t.ipynb"]) == []  # idempotent
 
 
 def _toy_notebook(path: Path, body: str):
