@@ -331,13 +331,15 @@ def model_slug(model: str) -> str:
 def archive_images(params: NotebookParams):
     """The archive of ``params.dataset`` as an ImageCollection (``size`` images per class when set).
 
-    UCM-Com: ``<data_root>/ucm`` (UC Merced images); PatternCom: ``<data_root>/PatternNet``."""
+    UCM-Com: ``<data_root>/ucm`` (UC Merced images, downloaded there when absent); PatternCom:
+    ``<data_root>/PatternNet/images/<class>/`` (PatternNet is on Google Drive: download it by hand)."""
     from .imagesets import ImageCollection
 
     if params.dataset == "ucmcom":
         from .datasets.ucm import UCMImages
 
-        ucm = UCMImages(params.data_root / "ucm", strict=params.size is None)
+        # First run on a machine with internet: the original UC Merced zip is fetched into <data_root>/ucm.
+        ucm = UCMImages(params.data_root / "ucm", download=True, strict=params.size is None)
         return ImageCollection.from_folder(ucm.image_dir, limit_per_class=params.size)
     from .datasets.patternnet import PatternNet
 
@@ -353,7 +355,8 @@ def benchmark_queries(params: NotebookParams, archive_paths):
         from .datasets.ucm import UCMMultiLabel
         from .datasets.ucmcom import build_ucmcom
 
-        return build_ucmcom(UCMMultiLabel(params.data_root / "ucm"), archive_paths=archive_paths, missing=missing)
+        labels = UCMMultiLabel(params.data_root / "ucm", download=True)  # fetched when absent (internet)
+        return build_ucmcom(labels, archive_paths=archive_paths, missing=missing)
     from .datasets.patterncom import PatternCom
 
     for candidate in (params.data_root / "PatternCom", params.data_root / "PatternNet", params.data_root):

@@ -121,3 +121,26 @@ def test_atomic_write_keeps_old_file_on_error(tmp_path, monkeypatch):
 def test_load_results_missing(tmp_path):
     with pytest.raises(DataError, match="run the notebook"):
         nbutils.load_results(tmp_path)
+
+
+def test_first_run_downloads_ucm_when_absent(env, monkeypatch):
+    """On a machine with internet and an empty data root, the notebooks fetch UC Merced themselves."""
+    from PIL import Image
+
+    from rscir_kit.datasets import ucm
+
+    calls = []
+
+    def fake_download(root):
+        calls.append(root)
+        images = root / "UCMerced_LandUse" / "Images"
+        for cls in ucm.UCM_CLASSES:
+            (images / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (8, 8)).save(images / cls / f"{cls}{i:02d}.tif")
+        return images
+
+    monkeypatch.setattr(ucm.UCMImages, "download", staticmethod(fake_download))
+    p = nbutils.setup("01_x", size=2)
+    coll = nbutils.archive_images(p)
+    assert calls == [env / "data" / "ucm"] and len(coll) == 42 and coll.paths[0] == "agricultural/agricultural00.tif"
