@@ -8,7 +8,7 @@ Reports per mode: latency per query (median, p95), exactness against the scan (f
 top-k is identical, mean and minimum recall@k), list depth and candidates scored, build time, disk and memory.
 
     python benchmarks/bench_index.py                        # 100k and 1M, d=512, 40 queries, k=100, λ=0.5
-    python benchmarks/bench_index.py --sizes 10M --queries 8 --scan-queries 4 --fast "IVF4096,PQ64"
+    python benchmarks/bench_index.py --sizes 10M --queries 20 --scan-queries 5
     python benchmarks/bench_index.py --sizes 20k --queries 5  # smoke run
 
 Synthetic structure (documented so the numbers can be judged): a shared image direction (anisotropy, mean
@@ -147,7 +147,7 @@ def run_size(n: int, args, syn: Synthetic, rows: list, log) -> None:
         log(f"[{label}] reusing {idx}")
     else:
         t0 = time.perf_counter()
-        idx = ArchiveIndex.build(archive, idx_dir, fast=None if fast == "none" else fast, nprobe=args.nprobe[0],
+        idx = ArchiveIndex.build(archive, idx_dir, fast=None if fast == "none" else fast, nprobe=args.nprobe,
                                  overwrite=True, progress=args.progress)
         log(f"[{label}] built in {time.perf_counter() - t0:.1f}s: {idx.meta['build']}")
     build = idx.meta["build"]
@@ -160,17 +160,17 @@ def run_size(n: int, args, syn: Synthetic, rows: list, log) -> None:
     qi, qt = syn.queries(args.queries, seed=args.seed, kind=args.kind)
     lam, k = args.lam, args.k
     n_scan = min(args.scan_queries or args.queries, args.queries)
-    plans = [("scan", None)] + [("exact", None)] + [("fast", p) for p in args.nprobe if idx.fast is not None]
+    plans = [("scan", None)] + [("exact", None)] + [("fast", p) for p in args.depth if idx.fast is not None]
     # warm-up (page cache, FAISS threads, imports); not timed
     for mode, p in plans:
-        idx.search(qi[0], qt[0], lam=lam, k=k, mode=mode, nprobe=p)
+        idx.search(qi[0], qt[0], lam=lam, k=k, mode=mode, depth=p)
     results = {plan: [] for plan in plans}
     for j in range(args.queries):
         for mode, p in plans:
             if mode == "scan" and j >= n_scan:
                 continue
             t = time.perf_counter()
-            res = idx.search(qi[j], qt[j], lam=lam, k=k, mode=mode, nprobe=p)
+            res = idx.search(qi[j], qt[j], lam=lam, k=k, mode=mode, depth=p)
             results[(mode, p)].append((time.perf_counter() - t, res))
         if (j + 1) % max(1, args.queries // 5) == 0:
             log(f"[{label}]   {j + 1}/{args.queries} queries, load {_load()}")
@@ -185,7 +185,7 @@ def run_size(n: int, args, syn: Synthetic, rows: list, log) -> None:
                 recall.append(len(np.intersect1d(r.indices, ref[j].indices)) / len(ref[j].indices))
         info = [r.info for _, r in runs]
         rows.append({
-            "N": n, "d": syn.d, "k": k, "lam": lam, "kind": args.kind, "mode": mode, "nprobe": p if p is not None else "",
+            "N": n, "d": syn.d, "k": k, "lam": lam, "kind": args.kind, "mode": mode, "depth": p if p is not None else "",
             "fast_index": idx.meta.get("fast") if mode == "fast" else "",
             "queries": len(runs), "compared": len(ident),
             "median_ms": round(float(np.median(ms)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2),
@@ -219,7 +219,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scan-queries", type=int, default=None, help="queries also run through the scan (default all)")
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--lam", type=float, default=0.5)
-    ap.add_argument("--nprobe", default="32,64,128", help="fast-mode probes to measure (comma-separated)")
+    ap.add_argument("--depth", default="1000,2000,4000", help="fast-mode list depths to measure (comma-separated)")
+    ap.add_argument("--nprobe", type=int, default=64, help="IVF probes (only for an IVF --fast index)")
     ap.add_argument("--fast", default=None, help="fast index factory (default: auto)")
     ap.add_argument("--workdir", default=os.environ.get("RSCIR_BENCH_DIR", "/tmp/rscir_bench"))
     ap.add_argument("--reuse-index", action="store_true", help="reuse an index already built in --workdir")
@@ -230,7 +231,7 @@ def main(argv=None) -> int:
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--tag", default=None, help="suffix of the result files (default: the sizes)")
     args = ap.parse_args(argv)
-    args.nprobe = [int(p) for p in str(args.nprobe).split(",") if p]
+    args.depth = [int(p) for p in str(args.depth).split(",") if p]
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     syn = Synthetic(d=args.d)
     lines = []
@@ -256,7 +257,7 @@ def main(argv=None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     tag = args.tag or args.sizes.replace(",", "_")
     df.to_csv(RESULTS / f"bench_index_{tag}.csv", index=False)
-    cols = ["N", "mode", "nprobe", "median_ms", "p95_ms", "speedup_vs_scan", "identical_topk", f"recall@{args.k}_mean",
+    cols = ["N", "mode", "depth", "median_ms", "p95_ms", "speedup_vs_scan", "identical_topk", f"recall@{args.k}_mean",
             f"recall@{args.k}_min", "median_depth", "median_candidates", "fallbacks", "compared", "build_total_s",
             "disk_mb", "rss_after_load_mb"]
     table = df[cols].to_markdown(index=False) if _has_tabulate() else df[cols].to_string(index=False)

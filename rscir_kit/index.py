@@ -36,9 +36,10 @@ Modes of :meth:`ArchiveIndex.search`
              z-level Q⁻¹(T_k) in both lists scores worse, so the first list depth is set to reach it (one flat
              pass as a rule). Lists are deepened ×4 while the threshold test fails, and a brute-force scan
              takes over when they run long (> N/8).
-``"fast"``   TA over approximate lists from the IVF (or HNSW / any ``index_factory`` string) index built with
-             ``fast=``; candidates are still re-scored exactly, so only recall (not the scores) is approximate.
-             Falls back to ``"exact"`` when the lists run long.
+``"fast"``   the union of the top-``depth`` lists of the approximate index built with ``fast=`` (default a flat
+             4-bit PQ fast-scan; IVF / HNSW / any ``index_factory`` string work) for the image query, the
+             text query and the linearised composed query, re-scored exactly: the scores are exact, only
+             recall can fall short of 1 (measured in benchmarks/bench_index.py).
 ``"scan"``   brute force, two passes (the reference): all N similarities in float64, their mean/std, then the
              top-k of the full WeiCom score.
 
@@ -48,7 +49,7 @@ Index directory (``ArchiveIndex.build(...)`` writes, ``ArchiveIndex.load(dir)`` 
     flat.faiss       FAISS IndexScalarQuantizer(QT_fp16, inner product); its codes ARE the float16 archive
                      (the last N·d·2 bytes), memory-mapped both by FAISS and as a numpy array for re-scoring
     stats.npz        mu (d,), cov (d, d) float64 (ddof=1), n, max_norm (largest stored row norm)
-    fast.faiss       optional approximate index (default: IVF with float16 codes; PQ above 2M rows)
+    fast.faiss       optional approximate index (default: flat 4-bit PQ fast-scan, d/8 bytes a row)
     paths.npy, labels.npy   optional (N,) str
 
 GPU FAISS is used for the fast index when the installed FAISS has GPUs (``use_gpu="auto"``); untested here.
@@ -265,10 +266,14 @@ def _gpu_available(faiss) -> bool:
     return hasattr(faiss, "StandardGpuResources") and getattr(faiss, "get_num_gpus", lambda: 0)() > 0
 
 
-def _default_fast(n: int) -> str:
-    nlist = int(2 ** round(math.log2(max(16.0, 4 * math.sqrt(n)))))
-    nlist = max(1, min(nlist, n // 39 if n >= 39 * 16 else 16))
-    return f"IVF{nlist},SQfp16" if n <= 2_000_000 else f"IVF{nlist},PQ64"
+def _default_fast(n: int, d: int) -> str:
+    """Flat 4-bit PQ fast-scan with d/4 sub-quantizers (d/8 bytes a row: 64 MB per million 512-d rows; a SIMD
+    scan of the whole archive, no cells to miss); candidates are re-scored exactly, so its coarse scores only
+    decide recall."""
+    for sub in (4, 2, 8):
+        if d % sub == 0 and (d // sub) % 2 == 0:
+            return f"PQ{d // sub}x4fs"
+    return "SQ8"
 
 
 # ----------------------------------------------------------------------------------------- the index
@@ -324,8 +329,8 @@ class ArchiveIndex:
         source: ``ImageFeatures``, a feature ``.npz`` path, or an (N, d) float array / memmap (float16 or
         float32; rows should be L2-normalised — they are stored as float16 as they are, the exact semantics
         being defined on the stored values). paths/labels/model override what the features carry.
-        fast: "auto" (IVF with float16 codes, ~4√N lists; IVF-PQ64 above 2M rows), a FAISS index_factory
-        string (e.g. "IVF4096,SQfp16", "HNSW32,SQfp16", "IVF16384,PQ64"), or None for no fast index.
+        fast: "auto" (flat 4-bit PQ fast-scan, ``PQ{d/4}x4fs``), a FAISS index_factory string (e.g.
+        "PQ256x4fs", "IVF4096,SQfp16", "HNSW32,SQfp16", "IVF16384,PQ64x4fs"), or None for no fast index.
         nprobe: default IVF probes for ``mode="fast"`` (stored; override per search).
         """
         faiss = _faiss()
@@ -372,7 +377,7 @@ class ArchiveIndex:
         timings["stats_s"] = time.perf_counter() - t0
 
         # 3. optional approximate index
-        factory = _default_fast(n) if fast == "auto" else fast
+        factory = _default_fast(n, d) if fast == "auto" else fast
         if factory:
             t0 = time.perf_counter()
             index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
@@ -481,9 +486,11 @@ class ArchiveIndex:
 
         image_feat / text_feat: (d,) float query embeddings (L2-normalised; used as float32). A modality may
         be None only when its weight is 0 (λ=1 for the image, λ=0 for the text): single-modality search.
-        mode: "exact" (TA over flat lists; identical to "scan"), "fast" (TA over the approximate index's
-        lists, exact re-scoring; recall < 1 possible), "scan" (two-pass brute force). nprobe: IVF probes
-        for "fast" (default: stored at build). depth: first list depth (default ≈ √(kN), grown ×4).
+        mode: "exact" (TA over flat lists; identical to "scan"), "fast" (candidates from the approximate
+        index's lists, re-scored exactly; recall < 1 possible), "scan" (two-pass brute force).
+        nprobe: IVF cells for "fast" with an IVF fast index (default: stored at build).
+        depth: "fast": entries read per list (default 40·k); "exact": first list depth (default from the
+        fast candidates, else ≈ √(kN); grown ×4 while the threshold test fails).
         """
         lam = _check_lambda(lam)
         if mode not in MODES:
@@ -511,16 +518,15 @@ class ArchiveIndex:
             if self.fast is None:
                 raise DataError(f"{self.root} has no fast index: rebuild with fast='auto' (or --fast auto), "
                                 "or search with mode='exact'")
-            found = self._threshold(Q, active, lam, mean, std, k, "fast", nprobe, depth, info)
-            if found is None:
-                info["fallback"] = "exact"
+            found = self._fast(Q, active, lam, mean, std, k, nprobe, depth, info)
+        if found is None and mode == "fast":
+            info["fallback"] = "exact"
         if found is None and mode in ("exact", "fast"):
             seeds = None
             if mode == "exact" and self.fast is not None and depth is None:
                 # cheap approximate candidates (scored exactly) bound the k-th best score from above, which
                 # tells how deep the exact lists must be read: usually one flat pass suffices
-                seeds = self._threshold(Q, active, lam, mean, std, k, "fast", nprobe, max(4 * k, 256), {},
-                                        terminate=False)
+                seeds = self._fast(Q, active, lam, mean, std, k, nprobe, max(4 * k, 256), {}, keep_all=True)
             found = self._threshold(Q, active, lam, mean, std, k, "exact", None, depth, info, seeds=seeds)
             if found is None:
                 info["fallback"] = "scan"
@@ -562,9 +568,10 @@ class ArchiveIndex:
             self._ivf_cache = (ivf, cent)
         return self._ivf_cache
 
-    def _lists(self, Q, active, depth: int, source: str, nprobe: int | None, lam, mean, std):
-        """Ranked lists (D, I) (len(active), depth) of the active modalities, best first."""
-        Qa = np.ascontiguousarray(Q[active])
+    def _lists(self, Q, active, depth: int, source: str, nprobe: int | None, lam, mean, std, extra=None):
+        """Ranked lists (D, I) (len(active) [+ len(extra)], depth) of the active modalities, best first."""
+        Qa = Q[active] if extra is None else np.concatenate([Q[active], extra])
+        Qa = np.ascontiguousarray(Qa, dtype=np.float32)
         if source == "exact":
             return self.flat.search(Qa, depth)
         faiss = _faiss()
@@ -575,13 +582,38 @@ class ArchiveIndex:
             cs = np.stack([cent @ Q[0], cent @ Q[1]])            # (2, nlist) centroid similarities (gemv)
             cell_tail = weicom_tail(cs[0].astype(np.float64), cs[1].astype(np.float64), lam, mean, std)
             cells = np.argsort(cell_tail, kind="stable")[:probes].astype(np.int64)
-            Iq = np.ascontiguousarray(np.tile(cells, (len(active), 1)))
-            Dq = np.ascontiguousarray(cs[active][:, cells], dtype=np.float32)
+            Iq = np.ascontiguousarray(np.tile(cells, (len(Qa), 1)))
+            Dq = np.ascontiguousarray(Qa @ cent[cells].T, dtype=np.float32)
             ivf.nprobe = probes                                # the wrapper checks Iq against ivf.nprobe
             return ivf.search_preassigned(Qa, depth, Iq, Dq)
         if "HNSW" in type(self.fast).__name__:
             return self.fast.search(Qa, depth, params=faiss.SearchParametersHNSW(efSearch=max(depth, 64)))
         return self.fast.search(Qa, depth)
+
+    def _fast(self, Q, active, lam, mean, std, k, nprobe, depth, info, keep_all: bool = False):
+        """Approximate candidates, scored exactly: the union of the fast index's top-``depth`` lists for the
+        image query, the text query and the *linearised composed query* ``(1-λ)/σ_img·q_img + λ/σ_txt·q_txt``
+        (the WeiCom score's tangent direction in z-space, which ranks the composed top-k near its head).
+
+        Returns the exact top-k of those candidates (all of them with ``keep_all``). Recall < 1 is possible
+        only when an answer is in none of the three approximate lists.
+        """
+        depth = int(min(self.n, depth or max(40 * k, 1024)))
+        extra = None
+        if len(active) == 2 and std[0] > 0 and std[1] > 0:
+            qc = (1.0 - lam) / std[0] * Q[0].astype(np.float64) + lam / std[1] * Q[1].astype(np.float64)
+            extra = (qc / np.linalg.norm(qc))[None].astype(np.float32)
+        D, I = self._lists(Q, active, depth, "fast", nprobe, lam, mean, std, extra=extra)
+        ids = np.unique(I[I >= 0])
+        sims = self.similarities(ids, Q)
+        tail = weicom_tail(sims[:, 0], sims[:, 1], lam, mean, std)
+        info.update({"lists": "fast", "depth": depth, "read_depth": depth, "candidates": int(len(ids))})
+        if keep_all:
+            return ids, tail, sims
+        if len(ids) < k:  # a tiny probe: complete with the exact lists
+            return None
+        top = _stable_top(tail, ids, k)
+        return ids[top], tail[top], sims[top]
 
     def _threshold(self, Q, active, lam, mean, std, k, source, nprobe, depth, info, seeds=None, terminate=True):
         """Fagin's threshold algorithm over ranked lists from ``source``; None when the lists run long.
@@ -594,9 +626,14 @@ class ArchiveIndex:
         n = self.n
         if depth is None and seeds is not None and len(seeds[0]) >= k:
             t_k = float(np.partition(seeds[1], k - 1)[k - 1])
-            depth = int(min(n, max(4 * k, 2.0 * n * t_k + 2 * k)))
+            # normal-model estimate, never below the unseeded default (real score tails are heavier)
+            depth = int(min(n, max(4 * k, 256, math.ceil(math.sqrt(k * n)), 4.0 * n * t_k + 2 * k)))
             info["seed_tail_k"] = t_k
-        depth = int(depth or max(4 * k, 256, math.ceil(math.sqrt(k * n))))
+        if depth is None:
+            # exact lists: ≈ √(kN) (the TA depth of two independent modalities at λ = 0.5); approximate lists
+            # are cut by the probed cells anyway, so start shallower (deepened ×4 when the test fails)
+            depth = max(4 * k, 256, math.ceil(math.sqrt(k * n))) if source == "exact" else max(24 * k, 1024)
+        depth = int(depth)
         max_depth = max(n // 8, 4 * k) if source == "exact" else max(16 * depth, n // 64)
         margins = np.array([self._margin(q) for q in Q]) if source == "exact" else np.zeros(2)
         fetches = 0

@@ -25,9 +25,9 @@ def register(subparsers) -> None:
     b.add_argument("--features", required=True, metavar="FEATS.npz", help="image feature file (rscir-kit extract)")
     b.add_argument("--out", required=True, metavar="INDEX_DIR", help="index folder to create")
     b.add_argument("--fast", default="auto", metavar="auto|none|FACTORY",
-                   help="approximate index for --mode fast: auto (IVF ~4√N lists, float16 codes; PQ64 above 2M "
-                        "rows), none, or a FAISS index_factory string such as 'IVF4096,SQfp16' or 'HNSW32,SQfp16'")
-    b.add_argument("--nprobe", type=int, default=64, help="default IVF cells probed by --mode fast (default 64)")
+                   help="approximate index for --mode fast: auto (flat 4-bit PQ fast-scan, d/8 bytes a row), none, "
+                        "or a FAISS index_factory string such as 'PQ256x4fs', 'IVF4096,SQfp16' or 'HNSW32,SQfp16'")
+    b.add_argument("--nprobe", type=int, default=64, help="IVF cells probed by --mode fast, for IVF fast indexes")
     b.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=run_build)
@@ -51,7 +51,9 @@ def register(subparsers) -> None:
     s.add_argument("-k", "--top-k", dest="k", type=int, default=20, help="number of results (default 20)")
     s.add_argument("--mode", default="exact", choices=["exact", "fast", "scan"],
                    help="exact: identical to the brute-force top-k; fast: approximate lists; scan: brute force")
-    s.add_argument("--nprobe", type=int, default=None, help="IVF cells probed in --mode fast (default: the index's)")
+    s.add_argument("--nprobe", type=int, default=None, help="IVF cells probed in --mode fast (IVF fast indexes)")
+    s.add_argument("--depth", type=int, default=None,
+                   help="list depth: --mode fast reads this many per list (default 40·k; more = higher recall)")
     s.add_argument("--model", default=None,
                    help="model used to encode the query (default: the index's model); must match the index's model")
     s.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
@@ -159,7 +161,8 @@ def run_search(args) -> int:
     idx = ArchiveIndex.load(args.index)
     q_img, q_txt = query_vectors(idx, args.image, args.text, args.query_features, args.model, args.device,
                                  args.activation, need_image=lam < 1.0, need_text=lam > 0.0)
-    res = idx.search(q_img, q_txt, lam=lam, k=args.k, mode=args.mode, nprobe=args.nprobe)
+    res = idx.search(q_img, q_txt, lam=lam, k=args.k, mode=args.mode, nprobe=args.nprobe,
+                     depth=args.depth if args.mode == "fast" else None)
     df = res.to_frame()
     info = res.info
     print(f"WeiCom top-{len(res)} of {idx.n} images, λ={lam}, mode={args.mode} "
