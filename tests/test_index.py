@@ -271,3 +271,19 @@ def test_search_lambdas_for_the_explorer(built):
     df = idx.search_lambdas(qi, qt, lams=(0.0, 0.5, 1.0), k=5)
     assert df["lam"].tolist() == [0.0] * 5 + [0.5] * 5 + [1.0] * 5
     np.testing.assert_array_equal(df[df["lam"] == 0.5]["index"].to_numpy(), idx.search(qi, qt, lam=0.5, k=5).indices)
+
+
+def test_default_fast_index_is_pq_fastscan_with_high_recall(tmp_path):
+    x, rng = _archive(n=5000, d=32, seed=21)
+    idx = ArchiveIndex.build(x, tmp_path / "pq")                 # fast="auto"
+    assert idx.meta["fast"] == "PQ8x4fs"
+    stored = np.asarray(idx.rows)
+    hits = 0
+    for qi, qt in _queries(x, rng, 8):
+        ref_ids, _ = _reference(stored, qi, qt, 0.5, 10)
+        res = idx.search(qi, qt, lam=0.5, k=10, mode="fast")
+        hits += len(np.intersect1d(res.indices, ref_ids))
+        exact = idx.search(qi, qt, lam=0.5, k=10)                  # seeded by the fast candidates
+        assert "seed_tail_k" in exact.info
+        np.testing.assert_array_equal(exact.indices, ref_ids)
+    assert hits / 80 >= 0.9
