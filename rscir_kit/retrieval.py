@@ -80,16 +80,76 @@ def recall_at(ranks: np.ndarray, ks: Sequence[int] = KS) -> dict:
     return {int(k): 100.0 * float((ranks < k).mean()) for k in ks}
 
 
+TIES = ("stable", "expected", "optimistic", "pessimistic")
+
+
+TIE_TOL = 1e-6  # scores this close count as tied: identical texts give identical embeddings, but BLAS
+# rounding can still leave ~1e-8 differences between their dot products.
+
+
+def _tie_stats(scores: np.ndarray, own: np.ndarray, tol: float = TIE_TOL):
+    """Per row of ``scores`` (B, N) with a bool mask ``own`` (B, N) of the relevant items: at the best relevant
+    score t, (#items above t + tol, #relevant items within tol of t, #other items within tol of t)."""
+    t = np.where(own, scores, -np.inf).max(axis=1, keepdims=True)
+    above = (scores > t + tol).sum(axis=1)
+    equal = np.abs(scores - t) <= tol
+    a = (equal & own).sum(axis=1)
+    return above, a, equal.sum(axis=1) - a
+
+
+def _hit_probability(above: np.ndarray, a: np.ndarray, b: np.ndarray, k: int, ties: str) -> np.ndarray:
+    """P(some relevant item in the top k) when the a relevant and b other items tied at the best relevant
+    score are ordered at random (``expected``), relevant first (``optimistic``) or last (``pessimistic``)."""
+    from math import comb
+
+    m = k - above
+    if ties == "optimistic":
+        return (m > 0).astype(float)
+    if ties == "pessimistic":
+        return (m > b).astype(float)
+    out = np.zeros(len(m))
+    for i in np.flatnonzero(m > 0):
+        mi, ai, bi = int(m[i]), int(a[i]), int(b[i])
+        out[i] = 1.0 if mi > bi else 1.0 - comb(bi, mi) / comb(ai + bi, mi)
+    return out
+
+
 def text_image_recall(sim_t2i: np.ndarray, caption_image: np.ndarray, ks: Sequence[int] = KS,
-                      sim_i2t: np.ndarray | None = None) -> dict:
+                      sim_i2t: np.ndarray | None = None, ties: str = "stable") -> dict:
     """R@K both ways and mR from text→image scores ``sim_t2i`` (M, N).
 
     ``sim_i2t`` (N, M): image→text scores when they differ from ``sim_t2i.T`` (e.g. normalised over texts).
+    ``ties``: ``stable`` (the kit's rule: archive order, exact comparisons), or, for items whose scores are
+    equal within :data:`TIE_TOL`, ``expected`` (expected recall under a random order), ``optimistic`` /
+    ``pessimistic`` (relevant first / last).
+    Caption sets repeat sentences verbatim (UCM-Captions test: 391 distinct of 1,050), so image→text and
+    text-to-text scores tie exactly and the choice matters there.
     Returns ``{"t2i_R@1", ..., "i2t_R@1", ..., "mR", "n_texts", "n_images"}`` (recalls in %).
     """
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
     sim_t2i = np.asarray(sim_t2i)
-    r_t = recall_at(t2i_ranks(sim_t2i, caption_image), ks)
-    r_i = recall_at(i2t_ranks(sim_t2i.T if sim_i2t is None else sim_i2t, caption_image), ks)
+    sim_i2t = sim_t2i.T if sim_i2t is None else np.asarray(sim_i2t)
+    caption_image = np.asarray(caption_image, dtype=np.int64)
+    if ties == "stable":
+        r_t = recall_at(t2i_ranks(sim_t2i, caption_image), ks)
+        r_i = recall_at(i2t_ranks(sim_i2t, caption_image), ks)
+    else:
+        n_img = sim_t2i.shape[1]
+        if sim_t2i.shape[0] != len(caption_image) or sim_i2t.shape != (n_img, len(caption_image)):
+            raise DataError(f"similarity matrices {sim_t2i.shape} / {sim_i2t.shape} do not match "
+                            f"{len(caption_image)} captions.")
+        if len(caption_image) and (caption_image.min() < 0 or caption_image.max() >= n_img):
+            raise DataError(f"caption_image refers to images outside 0..{n_img - 1}.")
+        own_t = caption_image[:, None] == np.arange(n_img)[None, :]
+        counts = np.bincount(caption_image, minlength=n_img)
+        if (counts == 0).any():
+            raise DataError(f"images {np.flatnonzero(counts == 0)[:5].tolist()} have no caption; image→text needs "
+                            f"at least one per image (drop them from the archive).")
+        st = _tie_stats(sim_t2i, own_t)
+        si = _tie_stats(sim_i2t, own_t.T)
+        r_t = {int(k): 100.0 * float(_hit_probability(*st, k, ties).mean()) for k in ks}
+        r_i = {int(k): 100.0 * float(_hit_probability(*si, k, ties).mean()) for k in ks}
     out = {f"t2i_R@{k}": v for k, v in r_t.items()}
     out.update({f"i2t_R@{k}": v for k, v in r_i.items()})
     out["mR"] = float(np.mean(list(r_t.values()) + list(r_i.values())))
@@ -141,6 +201,18 @@ class SentenceTransformerEncoder:
         emb = self.model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
                                 normalize_embeddings=True, show_progress_bar=len(texts) > 4 * batch_size)
         return np.ascontiguousarray(emb, dtype=np.float32)
+
+
+class CachedTextEncoder:
+    """Wraps a text encoder; each distinct text is encoded once per wrapper (``encode_texts`` → (M, d))."""
+
+    def __init__(self, encoder):
+        self.encoder, self.cache = encoder, {}
+        self.model_id = getattr(encoder, "model_id", "text encoder")
+        self.meta = getattr(encoder, "meta", {})
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        return _encode_cached(self.encoder, list(texts), self.cache, batch_size)
 
 
 def load_text_encoder(spec: str | None = None, device: str = "auto") -> TextEncoder:
@@ -327,7 +399,8 @@ def image_rows(caption_set, image_features) -> np.ndarray:
                          what="image feature file")
 
 
-def caption_retrieval(caption_set, image_features, encoder, ks: Sequence[int] = KS, batch_size: int = 256) -> dict:
+def caption_retrieval(caption_set, image_features, encoder, ks: Sequence[int] = KS, batch_size: int = 256,
+                      ties: str = "stable") -> dict:
     """Text↔image R@K / mR of ``encoder`` (text tower) against ``image_features`` on ``caption_set``.
 
     ``image_features``: ImageFeatures of the same model (matched to the set's images by file stem).
@@ -337,7 +410,7 @@ def caption_retrieval(caption_set, image_features, encoder, ks: Sequence[int] = 
     check_same_model(image_features.meta, getattr(encoder, "meta", {}) or {}, names=("image features", "encoder"))
     img = np.asarray(image_features.feats, dtype=np.float32)[image_rows(caption_set, image_features)]
     txt = encoder.encode_texts(list(caption_set.texts), batch_size=batch_size)
-    return text_image_recall(txt @ img.T, caption_set.caption_image, ks)
+    return text_image_recall(txt @ img.T, caption_set.caption_image, ks, ties=ties)
 
 
 def _encode_cached(encoder, texts: Sequence[str], cache: dict, batch_size: int) -> np.ndarray:
@@ -352,7 +425,8 @@ def _encode_cached(encoder, texts: Sequence[str], cache: dict, batch_size: int) 
 def text_to_text_benchmark(caption_set, image_features, clip_encoder, text_encoders: dict, lambdas: Sequence[float],
                            descriptions: Sequence[Sequence[str]] | None = None, n_descriptions: int = 1,
                            rotations: Sequence[int] | None = None, ks: Sequence[int] = KS,
-                           norms: Sequence[str] = ("weicom",), batch_size: int = 256) -> pd.DataFrame:
+                           norms: Sequence[str] = ("weicom",), batch_size: int = 256,
+                           ties: str = "stable") -> pd.DataFrame:
     """Text-to-image vs. training-free text-to-text vs. their hybrid, on the same queries.
 
     ``descriptions`` (N lists, e.g. from :func:`describe_images` with a captioner): every caption is a query.
@@ -363,6 +437,8 @@ def text_to_text_benchmark(caption_set, image_features, clip_encoder, text_encod
     text-to-image scores against ``image_features`` (same model). ``norms``: normalisations of the hybrid
     (``weicom`` = Φ(z), ``zscore``...). Returns one row per (method, text_encoder, norm, λ) with R@K / mR (%),
     ``n_texts``, ``n_images`` and ``n_rotations`` (``norm`` is empty for the two single-modality rows).
+    ``ties``: see :func:`text_image_recall` — oracle descriptions repeat sentences verbatim, so text-to-text
+    scores tie exactly; ``expected`` scores those ties as a random order would.
     """
     from .features import check_same_model
 
@@ -385,17 +461,18 @@ def text_to_text_benchmark(caption_set, image_features, clip_encoder, text_encod
         q_clip = _encode_cached(clip_encoder, list(q_texts), caches["__clip__"], batch_size)
         s_t2i = q_clip @ img.T
         clip_id = getattr(clip_encoder, "model_id", "clip")
-        rows = {("text→image", clip_id, "", np.nan): text_image_recall(s_t2i, q_image, ks)}
+        rows = {("text→image", clip_id, "", np.nan): text_image_recall(s_t2i, q_image, ks, ties=ties)}
         for name, enc in text_encoders.items():
             q = _encode_cached(enc, list(q_texts), caches[name], batch_size)
             d = _encode_cached(enc, list(d_texts), caches[name], batch_size)
             s_t2t = max_over_descriptions(q @ d.T, d_owner, n)
-            rows[("text-to-text", name, "", np.nan)] = text_image_recall(s_t2t, q_image, ks)
+            rows[("text-to-text", name, "", np.nan)] = text_image_recall(s_t2t, q_image, ks, ties=ties)
             for norm in norms:
                 for lam in lambdas:
                     t2i = hybrid_scores(s_t2t, s_t2i, lam, norm, dim=1)
                     i2t = hybrid_scores(s_t2t, s_t2i, lam, norm, dim=0).T
-                    rows[("hybrid", name, norm, float(lam))] = text_image_recall(t2i, q_image, ks, sim_i2t=i2t)
+                    rows[("hybrid", name, norm, float(lam))] = text_image_recall(t2i, q_image, ks, sim_i2t=i2t,
+                                                                                 ties=ties)
         for key, val in rows.items():
             results.setdefault(key, []).append(val)
     out = []

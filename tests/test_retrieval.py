@@ -181,3 +181,32 @@ def test_text_to_text_benchmark_on_a_tiny_set():
     table = text_to_text_benchmark(cs, feats, clip, {"words": text}, [0.5], descriptions=[["the sea"], ["the road"]],
                                    ks=(1,))
     assert table.iloc[0].n_texts == 4 and table.iloc[0].n_rotations == 1
+
+
+def test_tie_modes_on_exact_ties():
+    # image 0 has captions 0, 1; image 1 has caption 2. Image 0's row ties everything at 0.5.
+    # text->image: caption 0 row (0.5, 0.5) ties its target 0 with image 1; caption 1 row (0.5, 0.5) too;
+    # caption 2 row (0.5, 0.5): target 1 tied with image 0.
+    sim = np.full((3, 2), 0.5)
+    cap_img = np.array([0, 0, 1])
+    stable = text_image_recall(sim, cap_img, ks=(1, 2))
+    # stable: lower index first -> captions 0, 1 hit at 1, caption 2 misses; image 0 hits, image 1 (caption 2
+    # behind 0 and 1) misses at 1 and 2
+    assert stable["t2i_R@1"] == pytest.approx(200 / 3) and stable["i2t_R@1"] == 50.0 and stable["i2t_R@2"] == 50.0
+    exp = text_image_recall(sim, cap_img, ks=(1, 2), ties="expected")
+    assert exp["t2i_R@1"] == pytest.approx(50.0)   # each caption: 1 of 2 tied images first
+    # image 0: 2 own of 3 tied -> P(hit@1) = 2/3, P(hit@2) = 1 - C(1,2)/C(3,2) = 1;
+    # image 1: 1 own of 3 -> P(hit@1) = 1/3, P(hit@2) = 1 - C(2,2)/C(3,2) = 2/3
+    assert exp["i2t_R@1"] == pytest.approx(100 * (2 / 3 + 1 / 3) / 2)
+    assert exp["i2t_R@2"] == pytest.approx(100 * (1 + 2 / 3) / 2)
+    # rounding-level differences (BLAS) count as ties too
+    noisy = sim + 1e-9 * np.arange(6).reshape(3, 2)
+    assert text_image_recall(noisy, cap_img, ks=(1, 2), ties="expected") == exp
+    assert text_image_recall(sim, cap_img, ks=(1,), ties="optimistic")["i2t_R@1"] == 100.0
+    assert text_image_recall(sim, cap_img, ks=(1,), ties="pessimistic")["i2t_R@1"] == 0.0
+
+
+def test_tie_modes_agree_without_ties():
+    r = {t: text_image_recall(SIM + np.arange(9).reshape(3, 3) * 1e-3, CAP_IMG, ks=(1, 2, 3), ties=t)
+         for t in ("stable", "expected", "optimistic", "pessimistic")}
+    assert r["stable"] == r["expected"] == r["optimistic"] == r["pessimistic"]

@@ -64,6 +64,9 @@ def test_07_recall_matches_plain_numpy(executed):
     for k in (1, 5, 10):
         assert r["recall"][f"t2i_R@{k}"] == pytest.approx(100 * np.mean(t2i_rank < k), abs=1e-6)
         assert r["recall"][f"i2t_R@{k}"] == pytest.approx(100 * np.mean(i2t_rank < k), abs=1e-6)
+    # text->image has no exact ties (distinct images): both tie rules agree there
+    assert r["recall_expected"]["t2i_R@1"] == pytest.approx(r["recall"]["t2i_R@1"])
+    assert r["distinct_texts"] < r["n_texts"]  # verbatim repeated sentences in UCM-Captions
     six = [r["recall"][f"{d}_R@{k}"] for d in ("t2i", "i2t") for k in (1, 5, 10)]
     assert r["recall"]["mR"] == pytest.approx(np.mean(six))
 
