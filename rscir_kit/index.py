@@ -326,8 +326,9 @@ class ArchiveIndex:
               progress: bool = False, seed: int = 0) -> "ArchiveIndex":
         """Build an index directory from archive embeddings and return it loaded.
 
-        source: ``ImageFeatures``, a feature ``.npz`` path, or an (N, d) float array / memmap (float16 or
-        float32; rows should be L2-normalised — they are stored as float16 as they are, the exact semantics
+        source: ``ImageFeatures``, a feature ``.npz`` path, a ``.npy`` (N, d) file (memory-mapped: for
+        archives too big for RAM), or an (N, d) float array / memmap (float16 or float32; rows should be
+        L2-normalised — they are stored as float16 as they are, the exact semantics
         being defined on the stored values). paths/labels/model override what the features carry.
         fast: "auto" (flat 4-bit PQ fast-scan, ``PQ{d/4}x4fs``), a FAISS index_factory string (e.g.
         "PQ256x4fs", "IVF4096,SQfp16", "HNSW32,SQfp16", "IVF16384,PQ64x4fs"), or None for no fast index.
@@ -740,7 +741,11 @@ def _rows_memmap(flat_path: Path, n: int, d: int) -> np.ndarray:
 def _read_source(source, paths, labels):
     """(rows (N, d) array-like, paths, labels, meta) from ImageFeatures / npz path / array."""
     meta = {}
-    if isinstance(source, (str, os.PathLike)):
+    if isinstance(source, (str, os.PathLike)) and str(source).endswith(".npy"):
+        if not Path(source).is_file():
+            raise DataError(f"embedding file {source} not found")
+        source = np.load(source, mmap_mode="r")          # archive-scale: (N, d) .npy, memory-mapped
+    elif isinstance(source, (str, os.PathLike)):
         source = read_features(source)
     if hasattr(source, "feats") and hasattr(source, "meta"):
         rows = source.feats

@@ -287,3 +287,16 @@ def test_default_fast_index_is_pq_fastscan_with_high_recall(tmp_path):
         assert "seed_tail_k" in exact.info
         np.testing.assert_array_equal(exact.indices, ref_ids)
     assert hits / 80 >= 0.9
+
+
+def test_cli_build_from_npy_memmap(tmp_path, capsys):
+    from rscir_kit import cli
+
+    x, _ = _archive(n=900, d=16, seed=5)
+    np.save(tmp_path / "emb.npy", x.astype(np.float16))
+    (tmp_path / "paths.txt").write_text("".join(f"tile_{i}.png\n" for i in range(900)))
+    assert cli.main(["index", "build", "--features", str(tmp_path / "emb.npy"), "--out", str(tmp_path / "idx"),
+                     "--model", "m-2", "--paths", str(tmp_path / "paths.txt"), "--fast", "none", "--quiet"]) == 0
+    idx = ArchiveIndex.load(tmp_path / "idx")
+    assert idx.model_id == "m-2" and idx.paths[3] == "tile_3.png" and idx.fast is None
+    np.testing.assert_array_equal(np.asarray(idx.rows), x.astype(np.float16))

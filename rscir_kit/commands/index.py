@@ -22,7 +22,11 @@ def register(subparsers) -> None:
                     "normalisation in O(d²)), and FAISS indexes for the threshold algorithm.")
     sub = p.add_subparsers(dest="index_command", metavar="ACTION")
     b = sub.add_parser("build", help="build INDEX_DIR from an image feature file")
-    b.add_argument("--features", required=True, metavar="FEATS.npz", help="image feature file (rscir-kit extract)")
+    b.add_argument("--features", required=True, metavar="FEATS.npz",
+                   help="image feature file (rscir-kit extract), or an (N, d) .npy array (memory-mapped; for archives "
+                        "larger than RAM; give --model, and --paths for result names)")
+    b.add_argument("--model", default=None, help="model id to record (default: the feature file's)")
+    b.add_argument("--paths", default=None, metavar="PATHS.txt", help="one archive path per line (with a .npy)")
     b.add_argument("--out", required=True, metavar="INDEX_DIR", help="index folder to create")
     b.add_argument("--fast", default="auto", metavar="auto|none|FACTORY",
                    help="approximate index for --mode fast: auto (flat 4-bit PQ fast-scan, d/8 bytes a row), none, "
@@ -67,8 +71,11 @@ def run_build(args) -> int:
     from ..index import ArchiveIndex
 
     fast = None if str(args.fast).lower() in ("none", "no", "off", "") else args.fast
-    idx = ArchiveIndex.build(args.features, args.out, fast=fast, nprobe=args.nprobe, overwrite=args.overwrite,
-                             progress=not args.quiet)
+    paths = None
+    if args.paths:
+        paths = [line.rstrip("\n") for line in Path(args.paths).read_text(encoding="utf-8").splitlines()]
+    idx = ArchiveIndex.build(args.features, args.out, paths=paths, model=args.model, fast=fast, nprobe=args.nprobe,
+                             overwrite=args.overwrite, progress=not args.quiet)
     t = idx.meta["build"]
     print(f"built {idx}: {idx.n} images × d={idx.d}, model {idx.model_id!r}; "
           f"float16 store {t['flat_s']:.1f}s, statistics {t['stats_s']:.1f}s"
