@@ -122,13 +122,17 @@ def positive_ranks(scores: torch.Tensor, positives: torch.Tensor, sorted_scores:
     right = torch.searchsorted(srt, pos_scores.contiguous(), right=True)
     ranks = n - right  # number of strictly greater scores
     tied = ((right - torch.searchsorted(srt, pos_scores.contiguous(), right=False)) > 1) & valid
-    if bool(tied.any()):  # rare: exact tie-break by archive order for the tied positives only
+    if bool(tied.any()):
+        # Exact tie-break by archive order, for the tied positives only (float32 fusions tie often enough
+        # that this must stay vectorised): add the number of equal scores at lower archive indices.
+        b_idx, j_idx = tied.nonzero(as_tuple=True)
         arange = torch.arange(n, device=scores.device)
-        for b in torch.unique(tied.nonzero()[:, 0]).tolist():
-            cols = tied[b].nonzero()[:, 0]
-            vals, idx = pos_scores[b, cols], positives[b, cols]
-            earlier_equal = (scores[b][None, :] == vals[:, None]) & (arange[None, :] < idx[:, None])
-            ranks[b, cols] += earlier_equal.sum(dim=1)
+        step = max(1, (1 << 25) // n)  # bound the (k, N) comparison to ~32M elements
+        for start in range(0, len(b_idx), step):
+            b, j = b_idx[start:start + step], j_idx[start:start + step]
+            vals, idx = pos_scores[b, j], positives[b, j]
+            earlier_equal = (scores[b] == vals[:, None]) & (arange[None, :] < idx[:, None])
+            ranks[b, j] += earlier_equal.sum(dim=1)
     return torch.where(valid, ranks, torch.full_like(ranks, n))
 
 
