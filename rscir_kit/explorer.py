@@ -264,12 +264,26 @@ class LambdaExplorer:
         return plots.stamp(fig, self.model)
 
     # ------------------------------------------------------------------ widget
-    def widget(self, lam_step: float = 0.05):
-        """ipywidgets UI: query dropdown, text combobox (benchmark texts or free text), λ and k sliders,
-        the AP line and the figure; every change recomputes through :meth:`set`."""
-        import ipywidgets as W
+    def render_png(self, state: ExplorerState | None = None, dpi: int = 90) -> bytes:
+        """:meth:`figure` rendered to PNG bytes (what the widget shows)."""
+        import io
+
         import matplotlib.pyplot as plt
-        from IPython.display import display
+
+        fig = self.figure(state)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi)
+        plt.close(fig)
+        return buf.getvalue()
+
+    def widget(self, lam_step: float = 0.05, dpi: int = 90):
+        """ipywidgets UI: query dropdown, text combobox (benchmark texts or free text), λ and k sliders,
+        the AP line and the figure; every change recomputes through :meth:`set`.
+
+        The figure is an ``Image`` widget updated with PNG bytes, not an ``Output`` widget: headless runners
+        (papermill / nbclient) can hang on Output-widget capture (jupyter/nbclient#312), image updates are
+        plain widget state."""
+        import ipywidgets as W
 
         queries = self.query_paths
         q_dd = W.Dropdown(options=queries, value=self.query if self.query in queries else queries[0],
@@ -283,7 +297,7 @@ class LambdaExplorer:
         k_s = W.IntSlider(value=self.k, min=1, max=min(20, len(self.paths)), description="top-k",
                           continuous_update=False)
         info = W.HTML()
-        out = W.Output()
+        image = W.Image(format="png", layout=W.Layout(max_width="100%"))
 
         def redraw(*_):
             try:
@@ -292,11 +306,7 @@ class LambdaExplorer:
                 info.value = f"<span style='color:#c00000'>{exc}</span>"
                 return
             info.value = f"<b>{state.summary()}</b>"
-            with out:
-                out.clear_output(wait=True)
-                fig = self.figure(state)
-                display(fig)
-                plt.close(fig)
+            image.value = self.render_png(state, dpi=dpi)
 
         def on_query(change):
             options = self.texts_for(change["new"])
@@ -308,9 +318,9 @@ class LambdaExplorer:
         q_dd.observe(on_query, names="value")
         for w in (t_cb, lam_s, k_s):
             w.observe(redraw, names="value")
-        box = W.VBox([W.HBox([q_dd, t_cb]), W.HBox([lam_s, k_s]), info, out])
+        box = W.VBox([W.HBox([q_dd, t_cb]), W.HBox([lam_s, k_s]), info, image])
         redraw()
-        self._widgets = {"query": q_dd, "text": t_cb, "lam": lam_s, "k": k_s, "info": info, "out": out}
+        self._widgets = {"query": q_dd, "text": t_cb, "lam": lam_s, "k": k_s, "info": info, "image": image}
         return box
 
 

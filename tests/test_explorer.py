@@ -144,9 +144,11 @@ def test_widget_drives_the_same_logic(world):
     w["text"].value = "with e1"
     w["lam"].value = 0.0
     top_img = ex.state.topk.copy()
+    png_before = w["image"].value
     w["lam"].value = 1.0
     assert ex.state.lam == 1.0 and not np.array_equal(top_img, ex.state.topk)
     assert "AP" in w["info"].value
+    assert w["image"].value[:4] == b"\x89PNG" and w["image"].value != png_before  # the figure was redrawn
     w["query"].value = "c0/img01.jpg"
     assert ex.state.query_path == "c0/img01.jpg"
     plt.close("all")

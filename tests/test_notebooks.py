@@ -147,7 +147,7 @@ def executed(tmp_path_factory, shared_data, standin_spec):
     out = tmp_path_factory.mktemp("nb_out")
     summary = run_notebooks.run(notebooks=NOTEBOOK_DIR, out=out, only=[s[:2] for s in MINE], size=SIZE,
                                 model=standin_spec, data_root=shared_data, device="cpu",
-                                cache_dir=tmp_path_factory.mktemp("nb_cache"), quiet=True)
+                                cache_dir=tmp_path_factory.mktemp("nb_cache"), timeout=600, quiet=True)
     results = {n["notebook"]: json.loads((out / n["notebook"] / "results.json").read_text())
                for n in summary["notebooks"]}
     return {"out": out, "summary": summary, "results": results, "data": shared_data, "model": standin_spec}
