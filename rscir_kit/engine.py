@@ -26,7 +26,7 @@ from .config import resolve_device
 from .errors import DataError, ModelMismatchError
 from .methods import LAMBDA_METHODS, check_lambda, fuse_normalized, parse_method
 from .metrics import pad_positives, positive_ranks, ranking_metrics, sort_rows
-from .normalization import normalize
+from .normalization import normalize, weicom_upper_tail
 from .queries import QuerySet
 
 ON_EMPTY = ("zero", "skip", "error")
@@ -152,12 +152,16 @@ def evaluate(queries: QuerySet, archive, texts=None, methods=("image", "text", "
                                  f"texts d={Qtxt.shape[1]}; use features from one model")
 
     parsed = {m: parse_method(m) for m, _ in combos}
-    norms_needed = {norm for name, norm in parsed.values() if name not in ("image", "text", "average")}
+    # WeiCom ranks by the equivalent upper-tail form (see normalization.weicom_upper_tail): no float32
+    # saturation of Φ at the top of the ranking. Other fusions use the normalised scores themselves.
+    norms_needed = {("tail" if name == "weicom" else norm) for name, norm in parsed.values()
+                    if name not in ("image", "text", "average")}
+    _norm = lambda s, norm: weicom_upper_tail(s) if norm == "tail" else normalize(s, norm)  # noqa: E731
     need_text_sort = any(parsed[m][0] == "text" or (parsed[m][0] == "weicom" and lam == 1.0) for m, lam in combos)
 
     # Text similarities: all distinct texts at once (T is small next to the number of pairs).
     S_txt = Qtxt @ X.T
-    txt_norm = {norm: normalize(S_txt, norm) for norm in norms_needed}
+    txt_norm = {norm: _norm(S_txt, norm) for norm in norms_needed}
     txt_sorted = sort_rows(S_txt) if need_text_sort else None
 
     bytes_per_row = 4 * n_archive * 6
@@ -174,7 +178,7 @@ def evaluate(queries: QuerySet, archive, texts=None, methods=("image", "text", "
         ti = torch.as_tensor(txt_of_pair[block], device=dev)
         positives = pad_positives([pos_all[k] for k in pid[block]], device=dev)
         npos = torch.as_tensor(n_pos[block], device=dev)
-        img_norm = {norm: normalize(S_img, norm) for norm in norms_needed}
+        img_norm = {norm: _norm(S_img, norm) for norm in norms_needed}
         img_ranks = txt_ranks = None
         for key in combos:
             method, lam = key
@@ -190,6 +194,9 @@ def evaluate(queries: QuerySet, archive, texts=None, methods=("image", "text", "
                 ranks = txt_ranks
             elif name == "average":
                 ranks = positive_ranks(fuse_normalized(S_img[li], S_txt[ti], "average"), positives)
+            elif name == "weicom":  # -(λ·Q_txt + (1-λ)·Q_img): same ranking as λ·Φ_txt + (1-λ)·Φ_img
+                fused = fuse_normalized(img_norm["tail"][li], txt_norm["tail"][ti], name, lam).neg_()
+                ranks = positive_ranks(fused, positives)
             else:
                 fused = fuse_normalized(img_norm[norm][li], txt_norm[norm][ti], name, lam)
                 ranks = positive_ranks(fused, positives)

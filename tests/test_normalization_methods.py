@@ -85,3 +85,12 @@ def test_composed_scores_shapes_and_extremes():
                                   np.argsort(-composed_scores(qi, None, x, "image").numpy(), axis=1))
     np.testing.assert_array_equal(np.argsort(-composed_scores(qi, qt, x, "weicom", 1.0).numpy(), axis=1),
                                   np.argsort(-composed_scores(None, qt, x, "text").numpy(), axis=1))
+
+
+def test_cdf_and_upper_tail_stay_accurate_far_from_the_mean():
+    from rscir_kit.normalization import weicom_upper_tail
+
+    s = np.r_[np.linspace(-1, 1, 2000), [5.0, -5.0]].astype(np.float32)[None]  # two outliers, |z| ≈ 8.5
+    z = stats.zscore(s.astype(np.float64), axis=1, ddof=1)
+    np.testing.assert_allclose(weicom_upper_tail(torch.from_numpy(s)).numpy(), stats.norm.sf(z), rtol=2e-4, atol=0)
+    np.testing.assert_allclose(normalize(torch.from_numpy(s), "weicom").numpy(), stats.norm.cdf(z), rtol=2e-4, atol=0)

@@ -1,0 +1,48 @@
+"""WeiCom's top matches keep their order even where float32 Φ would round them all to 1.0."""
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from rscir_kit.engine import evaluate
+from rscir_kit.features import ImageFeatures, TextFeatures
+from rscir_kit.metrics import average_precision
+from rscir_kit.normalization import normalize
+from rscir_kit.queries import QuerySet
+
+
+def test_weicom_ranking_survives_cdf_saturation():
+    rng = np.random.default_rng(0)
+    d, n = 256, 3000
+    q, t = rng.standard_normal(d), rng.standard_normal(d)
+    q, t = q / np.linalg.norm(q), t / np.linalg.norm(t)
+    x = rng.standard_normal((n, d))
+    # 12 near-duplicates of a blend of query and text: z-scores far above 5.4 in both modalities
+    for k in range(12):
+        x[k] = (0.6 + 0.02 * k) * q + 0.6 * t + 0.05 * rng.standard_normal(d)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x[12] = x[1]  # a genuine tie too: a non-relevant copy of a positive, at a higher index
+    feats = x.astype(np.float32)
+    paths = [f"c/img{i:04d}.jpg" for i in range(n)]
+    meta = {"model": "numerics-test"}
+    archive = ImageFeatures(feats, paths, ["c"] * n, meta)
+    archive_q = ImageFeatures(np.vstack([feats, q[None].astype(np.float32)]), paths + ["q/query.jpg"],
+                              ["c"] * n + ["q"], meta)
+    texts = TextFeatures(["blend"], t[None].astype(np.float32), meta)
+    positives = np.array([1, 3, 5, 7, 9, 11, 13])
+    qs = QuerySet("sat", pd.DataFrame({"query_path": ["q/query.jpg"], "text": ["blend"], "positive_id": [0]}),
+                  [positives], np.array(paths))
+
+    s_img, s_txt = feats.astype(np.float64) @ q.astype(np.float32), feats.astype(np.float64) @ t.astype(np.float32)
+    z = lambda s: (s - s.mean()) / s.std(ddof=1)  # noqa: E731
+    assert z(s_img)[:12].min() > 5.5 and z(s_txt)[:12].min() > 5.5
+    # float32 Φ really does saturate here: the top matches all tie at 1.0
+    phi32 = normalize(torch.tensor(s_img, dtype=torch.float32), "weicom")
+    assert int((phi32 == 1.0).sum()) >= 10
+    rel = np.zeros(n, bool)
+    rel[positives] = True
+    out = evaluate(qs, archive, texts, methods=["weicom"], lambdas=[0.3, 0.7], query_features=archive_q,
+                   progress=False)
+    for lam in (0.3, 0.7):
+        exact = -(lam * stats.norm.sf(z(s_txt)) + (1 - lam) * stats.norm.sf(z(s_img)))  # float64, same ranking
+        assert out[out["lambda"] == lam].ap.item() == average_precision(exact, rel)
