@@ -83,8 +83,8 @@ def recall_at(ranks: np.ndarray, ks: Sequence[int] = KS) -> dict:
 TIES = ("stable", "expected", "optimistic", "pessimistic")
 
 
-TIE_TOL = 1e-6  # scores this close count as tied: identical texts give identical embeddings, but BLAS
-# rounding can still leave ~1e-8 differences between their dot products.
+TIE_TOL = 1e-9  # scores this close count as tied (BLAS summation order can differ between rows). The
+# drivers encode each distinct text once and score in float64, so identical texts tie to ~1e-16.
 
 
 def _tie_stats(scores: np.ndarray, own: np.ndarray, tol: float = TIE_TOL):
@@ -338,7 +338,7 @@ def flatten_descriptions(descriptions: Sequence[Sequence[str]]) -> tuple[np.ndar
 
 def max_over_descriptions(sim: np.ndarray, desc_image: np.ndarray, n_images: int) -> np.ndarray:
     """(Q, D) query×description scores → (Q, N) query×image scores, max over each image's descriptions."""
-    sim = np.asarray(sim, dtype=np.float32)
+    sim = np.asarray(sim)
     desc_image = np.asarray(desc_image, dtype=np.int64)
     if sim.shape[1] != len(desc_image):
         raise DataError(f"{sim.shape[1]} description columns but {len(desc_image)} description owners.")
@@ -408,8 +408,9 @@ def caption_retrieval(caption_set, image_features, encoder, ks: Sequence[int] = 
     from .features import check_same_model
 
     check_same_model(image_features.meta, getattr(encoder, "meta", {}) or {}, names=("image features", "encoder"))
-    img = np.asarray(image_features.feats, dtype=np.float32)[image_rows(caption_set, image_features)]
-    txt = encoder.encode_texts(list(caption_set.texts), batch_size=batch_size)
+    img = np.asarray(image_features.feats, dtype=np.float64)[image_rows(caption_set, image_features)]
+    # each distinct sentence encoded once (identical texts -> identical rows), scores in float64: exact ties stay exact
+    txt = _encode_cached(encoder, list(caption_set.texts), {}, batch_size).astype(np.float64)
     return text_image_recall(txt @ img.T, caption_set.caption_image, ks, ties=ties)
 
 
@@ -445,7 +446,7 @@ def text_to_text_benchmark(caption_set, image_features, clip_encoder, text_encod
     check_same_model(image_features.meta, getattr(clip_encoder, "meta", {}) or {},
                      names=("image features", "text-to-image encoder"))
     n = len(caption_set)
-    img = np.asarray(image_features.feats, dtype=np.float32)[image_rows(caption_set, image_features)]
+    img = np.asarray(image_features.feats, dtype=np.float64)[image_rows(caption_set, image_features)]
     if descriptions is not None:
         if len(descriptions) != n:
             raise DataError(f"{len(descriptions)} description lists for {n} images.")
@@ -458,13 +459,13 @@ def text_to_text_benchmark(caption_set, image_features, clip_encoder, text_encod
     results: dict = {}
     for descs, q_texts, q_image in rounds:
         d_texts, d_owner = flatten_descriptions(descs)
-        q_clip = _encode_cached(clip_encoder, list(q_texts), caches["__clip__"], batch_size)
+        q_clip = _encode_cached(clip_encoder, list(q_texts), caches["__clip__"], batch_size).astype(np.float64)
         s_t2i = q_clip @ img.T
         clip_id = getattr(clip_encoder, "model_id", "clip")
         rows = {("text→image", clip_id, "", np.nan): text_image_recall(s_t2i, q_image, ks, ties=ties)}
         for name, enc in text_encoders.items():
-            q = _encode_cached(enc, list(q_texts), caches[name], batch_size)
-            d = _encode_cached(enc, list(d_texts), caches[name], batch_size)
+            q = _encode_cached(enc, list(q_texts), caches[name], batch_size).astype(np.float64)
+            d = _encode_cached(enc, list(d_texts), caches[name], batch_size).astype(np.float64)
             s_t2t = max_over_descriptions(q @ d.T, d_owner, n)
             rows[("text-to-text", name, "", np.nan)] = text_image_recall(s_t2t, q_image, ks, ties=ties)
             for norm in norms:

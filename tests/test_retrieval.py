@@ -200,7 +200,7 @@ def test_tie_modes_on_exact_ties():
     assert exp["i2t_R@1"] == pytest.approx(100 * (2 / 3 + 1 / 3) / 2)
     assert exp["i2t_R@2"] == pytest.approx(100 * (1 + 2 / 3) / 2)
     # rounding-level differences (BLAS) count as ties too
-    noisy = sim + 1e-9 * np.arange(6).reshape(3, 2)
+    noisy = sim + 1e-13 * np.arange(6).reshape(3, 2)
     assert text_image_recall(noisy, cap_img, ks=(1, 2), ties="expected") == exp
     assert text_image_recall(sim, cap_img, ks=(1,), ties="optimistic")["i2t_R@1"] == 100.0
     assert text_image_recall(sim, cap_img, ks=(1,), ties="pessimistic")["i2t_R@1"] == 0.0
