@@ -180,6 +180,7 @@ def evaluate(queries: QuerySet, archive, texts=None, methods=("image", "text", "
         npos = torch.as_tensor(n_pos[block], device=dev)
         img_norm = {norm: _norm(S_img, norm) for norm in norms_needed}
         img_ranks = txt_ranks = None
+        neg_img_tail = txt_tail = buf = None
         for key in combos:
             method, lam = key
             name, norm = parsed[method]
@@ -194,9 +195,14 @@ def evaluate(queries: QuerySet, archive, texts=None, methods=("image", "text", "
                 ranks = txt_ranks
             elif name == "average":
                 ranks = positive_ranks(fuse_normalized(S_img[li], S_txt[ti], "average"), positives)
-            elif name == "weicom":  # -(λ·Q_txt + (1-λ)·Q_img): same ranking as λ·Φ_txt + (1-λ)·Φ_img
-                fused = fuse_normalized(img_norm["tail"][li], txt_norm["tail"][ti], name, lam).neg_()
-                ranks = positive_ranks(fused, positives)
+            elif name == "weicom":
+                # Rank by -(Q_img + c·Q_txt), c = λ/(1-λ): the WeiCom order (λ·Φ_txt + (1-λ)·Φ_img), see
+                # normalization.weicom_upper_tail, in a single pass over a reused (B, N) buffer.
+                if buf is None:
+                    neg_img_tail, txt_tail = img_norm["tail"][li].neg_(), txt_norm["tail"][ti]
+                    buf = torch.empty_like(txt_tail)
+                torch.add(neg_img_tail, txt_tail, alpha=-lam / (1.0 - lam), out=buf)
+                ranks = positive_ranks(buf, positives)
             else:
                 fused = fuse_normalized(img_norm[norm][li], txt_norm[norm][ti], name, lam)
                 ranks = positive_ranks(fused, positives)

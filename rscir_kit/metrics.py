@@ -119,9 +119,10 @@ def positive_ranks(scores: torch.Tensor, positives: torch.Tensor, sorted_scores:
     pos_scores = scores.gather(1, positives.clamp(min=0))
     srt = sort_rows(scores) if sorted_scores is None else sorted_scores
     srt = srt.to(scores.device)
-    right = torch.searchsorted(srt, pos_scores.contiguous(), right=True)
+    right = torch.searchsorted(srt, pos_scores.contiguous(), right=True)  # number of scores <= the positive's
     ranks = n - right  # number of strictly greater scores
-    tied = ((right - torch.searchsorted(srt, pos_scores.contiguous(), right=False)) > 1) & valid
+    # The positive's own score sits at right-1; it is tied with another item iff srt[right-2] equals it.
+    tied = (right >= 2) & (srt.gather(1, (right - 2).clamp(min=0)) == pos_scores) & valid
     if bool(tied.any()):
         # Exact tie-break by archive order, for the tied positives only (float32 fusions tie often enough
         # that this must stay vectorised): add the number of equal scores at lower archive indices.
@@ -141,7 +142,7 @@ def ranking_metrics(ranks: torch.Tensor, n_pos: torch.Tensor, ks=()) -> dict[str
 
     Returns float64 arrays of shape (B,); rows with ``n_pos == 0`` get NaN AP and R@k.
     """
-    r = torch.sort(ranks, dim=1).values.to(torch.float64)
+    r = sort_rows(ranks.to(torch.int32)).to(device=ranks.device, dtype=torch.float64)
     n_pos_f = n_pos.to(torch.float64)
     order = torch.arange(1, r.shape[1] + 1, dtype=torch.float64, device=r.device)[None, :]
     valid = order <= n_pos_f[:, None]
