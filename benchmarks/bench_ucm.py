@@ -97,7 +97,7 @@ def ucmcom(args, feats, encoder, root, out, info):
                 "Text & Image (avg)": float(avg[avg.method == "average"]["map"].iloc[0]),
                 "WeiCom λ=0.5": float(w.loc[0.5]), "WeiCom best": float(w.max()), "best λ": float(w.idxmax())}
     show("UCM-Com template effect (mAP %, mean of the two directions; Image-only does not depend on it)",
-         pd.DataFrame(rows).T, out, "ucmcom_templates")
+         pd.DataFrame(rows).T.round(2), out, "ucmcom_templates")
 
 
 def main(argv=None) -> int:
