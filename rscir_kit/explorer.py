@@ -334,7 +334,8 @@ def grid_rows(explorer: LambdaExplorer, query, text: str, lambdas: Sequence[floa
         st = explorer.set(query=query, text=text, lam=lam, k=k, curve=False)
         rows.append({"lam": st.lam, "topk": st.topk.tolist(), "paths": st.topk_paths,
                      "images": [explorer.image(i) for i in st.topk] if images else st.topk_paths,
-                     "positive": st.positive.tolist(), "labels": [explorer.labels[i] for i in st.topk],
+                     "positive": st.positive.tolist(),
+                     "labels": [explorer.labels[i] + (" (query)" if i == st.query else "") for i in st.topk],
                      "ap": st.ap})
     return rows
 

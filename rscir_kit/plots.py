@@ -316,7 +316,7 @@ def plot_lambda_ablation(ablation: pd.DataFrame, model: str | None = None, datas
         _plot_ablation_axes(axes[0, 1], reference_table,
                             reference_title or "paper Table 3 (RemoteCLIP ViT-L/14, PatternCom)")
     for ax in axes[0]:
-        ax.legend(fontsize=7, loc="lower center", ncol=4)
+        ax.legend(fontsize=7, loc="best", ncol=3, framealpha=0.8)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     return stamp(fig, model)
 

@@ -165,3 +165,15 @@ def test_widget_free_text_goes_through_the_encoder(world):
     assert ex.state.text == "a sentence nobody benchmarked" and ex.state.text_source == "encoder"
     assert ex.state.ap is None and "n/a" in w["info"].value
     plt.close("all")
+
+
+def test_grid_rows_mark_the_query_and_positives(world):
+    from rscir_kit.explorer import grid_rows
+
+    archive, qs, texts = world
+    ex = LambdaExplorer(archive, queries=qs, texts=texts, k=4)
+    rows = grid_rows(ex, 0, "with e1", [0.0, 0.5, 1.0], images=False)
+    assert [r["lam"] for r in rows] == [0.0, 0.5, 1.0]
+    assert rows[0]["topk"][0] == 0 and rows[0]["labels"][0] == "c0 (query)"  # the query ranks first on its own
+    assert rows[1]["positive"] == [True] * 4 and rows[1]["ap"] == pytest.approx(1.0)
+    assert rows[0]["images"] == rows[0]["paths"] == [archive.paths[i] for i in rows[0]["topk"]]
