@@ -177,6 +177,8 @@ def evaluate(queries: QuerySet, archive, texts=None, methods=("image", "text", "
         li = torch.as_tensor(local, device=dev)
         ti = torch.as_tensor(txt_of_pair[block], device=dev)
         positives = pad_positives([pos_all[k] for k in pid[block]], device=dev)
+        valid = positives >= 0
+        positives.clamp_(min=0)
         npos = torch.as_tensor(n_pos[block], device=dev)
         img_norm = {norm: _norm(S_img, norm) for norm in norms_needed}
         img_ranks = txt_ranks = None
@@ -187,14 +189,14 @@ def evaluate(queries: QuerySet, archive, texts=None, methods=("image", "text", "
             if name == "image" or (name == "weicom" and lam == 0.0):
                 if img_ranks is None:
                     img_sorted = sort_rows(S_img)
-                    img_ranks = positive_ranks(S_img[li], positives, img_sorted[li])
+                    img_ranks = positive_ranks(S_img[li], positives, img_sorted[li], valid)
                 ranks = img_ranks
             elif name == "text" or (name == "weicom" and lam == 1.0):
                 if txt_ranks is None:
-                    txt_ranks = positive_ranks(S_txt[ti], positives, txt_sorted[ti])
+                    txt_ranks = positive_ranks(S_txt[ti], positives, txt_sorted[ti], valid)
                 ranks = txt_ranks
             elif name == "average":
-                ranks = positive_ranks(fuse_normalized(S_img[li], S_txt[ti], "average"), positives)
+                ranks = positive_ranks(fuse_normalized(S_img[li], S_txt[ti], "average"), positives, valid=valid)
             elif name == "weicom":
                 # Rank by -(Q_img + c·Q_txt), c = λ/(1-λ): the WeiCom order (λ·Φ_txt + (1-λ)·Φ_img), see
                 # normalization.weicom_upper_tail, in a single pass over a reused (B, N) buffer.
@@ -202,10 +204,10 @@ def evaluate(queries: QuerySet, archive, texts=None, methods=("image", "text", "
                     neg_img_tail, txt_tail = img_norm["tail"][li].neg_(), txt_norm["tail"][ti]
                     buf = torch.empty_like(txt_tail)
                 torch.add(neg_img_tail, txt_tail, alpha=-lam / (1.0 - lam), out=buf)
-                ranks = positive_ranks(buf, positives)
+                ranks = positive_ranks(buf, positives, valid=valid)
             else:
                 fused = fuse_normalized(img_norm[norm][li], txt_norm[norm][ti], name, lam)
-                ranks = positive_ranks(fused, positives)
+                ranks = positive_ranks(fused, positives, valid=valid)
             metrics = ranking_metrics(ranks, npos, ks)
             for col, values in metrics.items():
                 results[key].setdefault(col, []).append((block, values))

@@ -108,15 +108,20 @@ def pad_positives(positive_sets, device=None) -> torch.Tensor:
     return torch.from_numpy(out).to(device) if device is not None else torch.from_numpy(out)
 
 
-def positive_ranks(scores: torch.Tensor, positives: torch.Tensor, sorted_scores: torch.Tensor | None = None):
-    """0-based ranks (B, P) of the positives in each score row; padding (-1) gets rank N.
+def positive_ranks(scores: torch.Tensor, positives: torch.Tensor, sorted_scores: torch.Tensor | None = None,
+                   valid: torch.Tensor | None = None):
+    """0-based ranks (B, P) of the positives in each score row; padding gets rank N.
 
     scores: (B, N) float; positives: (B, P) int64 archive indices padded with -1;
-    sorted_scores: the rows of ``scores`` sorted ascending, if already known.
+    sorted_scores: the rows of ``scores`` sorted ascending, if already known;
+    valid: (B, P) bool mask of real entries — when given, ``positives`` must hold valid indices
+    everywhere (e.g. ``positives.clamp(min=0)``), which saves recomputing both for every method.
     """
     n = scores.shape[1]
-    valid = positives >= 0
-    pos_scores = scores.gather(1, positives.clamp(min=0))
+    if valid is None:
+        valid = positives >= 0
+        positives = positives.clamp(min=0)
+    pos_scores = scores.gather(1, positives)
     srt = sort_rows(scores) if sorted_scores is None else sorted_scores
     srt = srt.to(scores.device)
     right = torch.searchsorted(srt, pos_scores.contiguous(), right=True)  # number of scores <= the positive's
