@@ -27,8 +27,12 @@ install: $(BIN)/.installed
 main: $(BIN)/.installed
 	$(BIN)/rscir-kit notebooks --out outputs
 
+# pytest (incl. papermill runs of every notebook on small data, with assertions on their results), then
+# nbval executes the committed notebooks top to bottom with RSCIR_SIZE=5 into a scratch folder.
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+	scratch=$$(mktemp -d) && RSCIR_SIZE=5 RSCIR_OUTPUT=$$scratch/nbval RSCIR_CACHE=$$scratch/cache \
+	  $(BIN)/python -m pytest --nbval-lax notebooks/ -p no:cacheprovider -q && rm -rf $$scratch
 
 clean-outputs:
 	rm -rf outputs
