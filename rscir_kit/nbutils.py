@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from . import config
 from .errors import DataError
+from .io import atomic_path, atomic_write
 
 DATASETS = ("ucmcom", "patterncom")
 DEFAULT_LAMBDAS = tuple(round(0.1 * i, 1) for i in range(11))
@@ -182,20 +182,12 @@ def _jsonable(value):
 
 
 def write_json_atomic(path: Path, data) -> Path:
-    """Write ``data`` as JSON through a temp file in the same folder + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(_jsonable(data), handle, indent=2, allow_nan=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``data`` as JSON atomically (see :mod:`rscir_kit.io`)."""
+    def write(handle):
+        json.dump(_jsonable(data), handle, indent=2, allow_nan=False)
+        handle.write("\n")
+
+    return atomic_write(path, write, mode="w")
 
 
 def load_results(output_dir) -> dict:
@@ -250,9 +242,8 @@ class Recorder:
         paths = []
         for fmt in formats:
             path = self.output_dir / f"{name}.{fmt}"
-            tmp = path.with_name(f".{path.stem}.tmp.{fmt}")
-            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
             paths.append(path)
         self.data["figures"][name] = [p.name for p in paths]
         self.save()
@@ -262,9 +253,8 @@ class Recorder:
         """Save a DataFrame as ``<name>.csv``; returns the path."""
         _check_name(name)
         path = self.output_dir / f"{name}.csv"
-        tmp = path.with_name(f".{path.stem}.tmp.csv")
-        frame.to_csv(tmp, index=index, float_format=float_format)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            frame.to_csv(tmp, index=index, float_format=float_format)
         self.data["tables"][name] = path.name
         self.save()
         return path

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
+from ..io import atomic_path
 from .ucm import UCMMultiLabel, image_stem
 
 # name -> (add template, remove template); "{label}" is replaced by the label text (hyphen → space).
@@ -108,9 +109,8 @@ def save_groups(groups: pd.DataFrame, path: str | os.PathLike = PUBLISHED_CSV) -
     out = groups[GROUP_COLUMNS].copy()
     out["with_label"] = [" ".join(q) for q in out["with_label"]]
     out["without_label"] = [" ".join(p) for p in out["without_label"]]
-    tmp = path.with_name(path.name + ".tmp")
-    out.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        out.to_csv(tmp, index=False)
     return path
 
 
