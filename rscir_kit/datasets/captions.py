@@ -89,13 +89,7 @@ class CaptionSet:
                       image_dir=None) -> "CaptionSet":
         """Read the Karpathy ``dataset_*.json`` format (dict or path). Sentence text = ``raw`` (stripped),
         else the joined ``tokens``."""
-        if not isinstance(data, dict):
-            source = source or str(data)
-            with open(data, encoding="utf-8") as f:
-                data = json.load(f)
-        entries = data.get("images")
-        if not isinstance(entries, list) or not entries:
-            raise DataError(f"{source}: no 'images' list; expected a Karpathy-style dataset_*.json.")
+        data, source, entries = _image_entries(data, source, "a Karpathy-style dataset_*.json")
         images, splits, captions = [], [], []
         for i, entry in enumerate(entries):
             try:
@@ -121,13 +115,7 @@ class CaptionSet:
     def from_kit_json(cls, data: dict | str | os.PathLike, name: str = "captions", source: str = "",
                       image_dir=None) -> "CaptionSet":
         """Read ``{"images": [{"image": key, "split": s, "sentences": [str]}]}`` (dict or path)."""
-        if not isinstance(data, dict):
-            source = source or str(data)
-            with open(data, encoding="utf-8") as f:
-                data = json.load(f)
-        entries = data.get("images")
-        if not isinstance(entries, list) or not entries:
-            raise DataError(f"{source}: no 'images' list; expected {{'images': [{{'image', 'split', 'sentences'}}]}}.")
+        data, source, entries = _image_entries(data, source, "{'images': [{'image', 'split', 'sentences'}]}")
         images, splits, captions = [], [], []
         for i, entry in enumerate(entries):
             try:
@@ -139,6 +127,18 @@ class CaptionSet:
                     from exc
         return cls(name, np.asarray(images), np.asarray(splits), captions, source,
                    Path(image_dir) if image_dir else None)
+
+
+def _image_entries(data, source: str, expected: str):
+    """(data dict, source name, its non-empty ``images`` list) from a dict or a JSON path."""
+    if not isinstance(data, dict):
+        source = source or str(data)
+        with open(data, encoding="utf-8") as f:
+            data = json.load(f)
+    entries = data.get("images")
+    if not isinstance(entries, list) or not entries:
+        raise DataError(f"{source}: no 'images' list; expected {expected}.")
+    return data, source, entries
 
 
 def load_caption_set(path: str | os.PathLike, name: str | None = None, image_dir=None) -> CaptionSet:
