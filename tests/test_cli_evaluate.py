@@ -65,3 +65,29 @@ def test_python_dash_m_entry_point(files):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "shape" in proc.stdout and "WeiCom λ=0.5" in proc.stdout
+
+
+def test_evaluate_ucmcom_table_by_direction(tmp_path, capsys):
+    """UCM-Com through the CLI on a random-feature archive with the real UC Merced names (plumbing only)."""
+    from rscir_kit.datasets.ucm import UCM_CLASSES
+    from rscir_kit.features import ImageFeatures, TextFeatures
+
+    rng = np.random.default_rng(0)
+    paths = [f"{c}/{c}{i:02d}.jpg" for c in UCM_CLASSES for i in range(100)]
+    feats = rng.standard_normal((len(paths), 16)).astype(np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    meta = {"model": "random-plumbing"}
+    ImageFeatures(feats, paths, [p.split("/")[0] for p in paths], meta).save(tmp_path / "ucm.npz")
+    labels = ["airplane", "bare soil", "buildings", "cars", "chaparral", "court", "dock", "field", "grass",
+              "mobile home", "pavement", "sand", "sea", "ship", "tanks", "trees", "water"]
+    texts = [f"{w} {l}" for l in labels for w in ("with", "without")]
+    tf = rng.standard_normal((len(texts), 16)).astype(np.float32)
+    TextFeatures(texts, tf / np.linalg.norm(tf, axis=1, keepdims=True), meta).save(tmp_path / "text.npz")
+    out = tmp_path / "r.csv"
+    assert main(["evaluate", "ucmcom", "--features", str(tmp_path / "ucm.npz"), "--text-features",
+                 str(tmp_path / "text.npz"), "--methods", "image", "weicom", "--lambdas", "0.5", "--by", "direction",
+                 "--out", str(out), "--quiet"]) == 0
+    df = pd.read_csv(out, keep_default_na=False)
+    assert list(df.columns) == ["method", "lambda", "direction", "map"]
+    assert list(df.direction[:3]) == ["add", "remove", "avg"]
+    assert "8000 query pairs" in capsys.readouterr().out

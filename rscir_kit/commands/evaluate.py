@@ -59,6 +59,16 @@ def register(subparsers) -> None:
                     choices=["query_default", "query_alt1", "query_alt2"])
     xv.set_defaults(func=run_xview2, by="text_column")
 
+    uc = bench.add_parser("ucmcom", help="UCM-Com composed queries on UC Merced (the offline benchmark)")
+    _common(uc)
+    uc.add_argument("--queries-file", default=None, metavar="CSV",
+                    help="UCM-Com group file (default: the published data/ucmcom_queries.csv)")
+    uc.add_argument("--template", default="with",
+                    help="text template: a preset (label, with, aerial) or a format string with {label}")
+    uc.add_argument("--by", default="attribute", choices=["attribute", "direction", "query_class"],
+                    help="table rows: per label (attribute), per direction (add/remove) or per query class")
+    uc.set_defaults(func=run_ucmcom)
+
     qf = bench.add_parser("queries", help="any query-set file written by rscir-kit (QuerySet.to_csv)")
     _common(qf)
     qf.add_argument("--queries", required=True, metavar="QUERIES.csv")
@@ -132,6 +142,14 @@ def run_xview2(args) -> int:
                              query_paths=None if query_features is None else query_features.paths,
                              text_columns=args.text_columns)
     return _run(args, queries, "text_column")
+
+
+def run_ucmcom(args) -> int:
+    from ..datasets.ucmcom import PUBLISHED_CSV, load_ucmcom
+
+    args._loaded = _load(args)
+    queries = load_ucmcom(args._loaded[0].paths, path=args.queries_file or PUBLISHED_CSV, template=args.template)
+    return _run(args, queries, args.by)
 
 
 def run_queries(args) -> int:
