@@ -490,7 +490,7 @@ class ArchiveIndex:
         mode: "exact" (TA over flat lists; identical to "scan"), "fast" (candidates from the approximate
         index's lists, re-scored exactly; recall < 1 possible), "scan" (two-pass brute force).
         nprobe: IVF cells for "fast" with an IVF fast index (default: stored at build).
-        depth: "fast": entries read per list (default 64·k); "exact": first list depth (default from the
+        depth: "fast": entries read per list (default 100·k); "exact": first list depth (default from the
         fast candidates, else ≈ √(kN); grown ×4 while the threshold test fails).
         """
         lam = _check_lambda(lam)
@@ -599,7 +599,7 @@ class ArchiveIndex:
         Returns the exact top-k of those candidates (all of them with ``keep_all``). Recall < 1 is possible
         only when an answer is in none of the three approximate lists.
         """
-        depth = int(min(self.n, depth or max(64 * k, 1024)))
+        depth = int(min(self.n, depth or max(100 * k, 1024)))
         extra = None
         if len(active) == 2 and std[0] > 0 and std[1] > 0:
             qc = (1.0 - lam) / std[0] * Q[0].astype(np.float64) + lam / std[1] * Q[1].astype(np.float64)

@@ -57,7 +57,7 @@ def register(subparsers) -> None:
                    help="exact: identical to the brute-force top-k; fast: approximate lists; scan: brute force")
     s.add_argument("--nprobe", type=int, default=None, help="IVF cells probed in --mode fast (IVF fast indexes)")
     s.add_argument("--depth", type=int, default=None,
-                   help="list depth: --mode fast reads this many per list (default 64·k; more = higher recall)")
+                   help="list depth: --mode fast reads this many per list (default 100·k; more = higher recall)")
     s.add_argument("--model", default=None,
                    help="model used to encode the query (default: the index's model); must match the index's model")
     s.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
