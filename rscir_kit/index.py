@@ -630,10 +630,8 @@ class ArchiveIndex:
             # normal-model estimate, never below the unseeded default (real score tails are heavier)
             depth = int(min(n, max(4 * k, 256, math.ceil(math.sqrt(k * n)), 4.0 * n * t_k + 2 * k)))
             info["seed_tail_k"] = t_k
-        if depth is None:
-            # exact lists: ≈ √(kN) (the TA depth of two independent modalities at λ = 0.5); approximate lists
-            # are cut by the probed cells anyway, so start shallower (deepened ×4 when the test fails)
-            depth = max(4 * k, 256, math.ceil(math.sqrt(k * n))) if source == "exact" else max(24 * k, 1024)
+        if depth is None:  # ≈ √(kN): the TA depth of two independent modalities at λ = 0.5
+            depth = max(4 * k, 256, math.ceil(math.sqrt(k * n)))
         depth = int(depth)
         max_depth = max(n // 8, 4 * k) if source == "exact" else max(16 * depth, n // 64)
         margins = np.array([self._margin(q) for q in Q]) if source == "exact" else np.zeros(2)
@@ -697,7 +695,7 @@ class ArchiveIndex:
                 return None
             step = min(length, step * 2)
 
-    def _scan(self, Q, lam, k, info, chunk: int = _CHUNK):
+    def _scan(self, Q, lam, k, info):
         """Two-pass brute force (the reference): all N float64 similarities, full-pass mean/std, top-k."""
         n = self.n
         sims = np.empty((n, 2), np.float64)
