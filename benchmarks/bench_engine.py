@@ -24,7 +24,7 @@ from rscir_kit.datasets.patternnet import PATTERNNET_CLASSES
 from rscir_kit.engine import evaluate, summarize
 from rscir_kit.features import ImageFeatures, TextFeatures
 from rscir_kit.metrics import average_precision
-from rscir_kit.normalization import normalize
+from rscir_kit.normalization import weicom_upper_tail
 
 # attribute -> {class_dir: values}; all images of each class are query rows
 SPEC = {
@@ -76,19 +76,23 @@ def make_benchmark(root: Path, d: int, seed: int = 0):
 
 
 def per_query_loop(queries, archive, texts, lambdas, sample):
-    """The official evaluation shape: one pair at a time, every method, full argsort + AP."""
-    X = torch.from_numpy(archive.feats)
+    """The official evaluation shape: one pair at a time, every method, full argsort + AP.
+
+    Computed in float64 with WeiCom in its upper-tail form (the exact ranking), so the comparison with the
+    engine measures the engine's float32 error, not float32 saturation of Φ in the reference.
+    """
+    X = torch.from_numpy(archive.feats).double()
     index = {p: i for i, p in enumerate(archive.paths)}
     aps = []
     for i in sample:
         row = queries.table.iloc[i]
         q = X[index[row.query_path]]
-        t = torch.from_numpy(texts.lookup([row.text])[0])
+        t = torch.from_numpy(texts.lookup([row.text])[0]).double()
         rel = np.zeros(len(X), bool)
         rel[queries.positives(i)] = True
         s_img, s_txt = X @ q, X @ t
-        n_img, n_txt = normalize(s_img, "weicom"), normalize(s_txt, "weicom")
-        for s in [s_img, s_txt, (s_img + s_txt) / 2] + [lam * n_txt + (1 - lam) * n_img for lam in lambdas]:
+        q_img, q_txt = weicom_upper_tail(s_img), weicom_upper_tail(s_txt)  # 1 - Φ(z)
+        for s in [s_img, s_txt, (s_img + s_txt) / 2] + [-(lam * q_txt + (1 - lam) * q_img) for lam in lambdas]:
             order = torch.argsort(s, descending=True).numpy()
             hits = rel[order]
             aps.append(average_precision(s.numpy(), rel) if hits.any() else 0.0)
