@@ -23,7 +23,7 @@ import torch
 
 from . import plots
 from .errors import DataError
-from .methods import check_lambda, fuse_normalized
+from .methods import check_lambda, weicom_rank_scores
 from .metrics import average_precision
 from .normalization import normalize
 
@@ -186,7 +186,7 @@ class LambdaExplorer:
         s_img = self.X[qi:qi + 1] @ self.X.T  # (1, N)
         s_txt = torch.as_tensor(t_emb, device=self.X.device)[None] @ self.X.T
         n_img, n_txt = normalize(s_img, "weicom"), normalize(s_txt, "weicom")
-        scores = fuse_normalized(n_img, n_txt, "weicom", self.lam)[0].cpu().numpy()
+        scores = weicom_rank_scores(s_img, s_txt, self.lam)[0].cpu().numpy()  # the engine's exact WeiCom order
         k = min(self.k, len(self.paths))
         topk = np.argsort(-scores.astype(np.float64), kind="stable")[:k]  # ties: lower archive index first
         positives = self.positives_for(qi, self.text)
@@ -198,9 +198,9 @@ class LambdaExplorer:
             ap = average_precision(scores, relevant)
         curve_data = None
         if curve and positives is not None and len(positives):
-            lams = torch.as_tensor(self.curve_lambdas, dtype=n_img.dtype, device=n_img.device)[:, None]
-            fused = (lams * n_txt + (1 - lams) * n_img).cpu().numpy()
-            curve_data = (self.curve_lambdas.copy(), np.array([average_precision(f, relevant) for f in fused]))
+            curve_data = (self.curve_lambdas.copy(),
+                          np.array([average_precision(weicom_rank_scores(s_img, s_txt, float(lam))[0].cpu().numpy(),
+                                                      relevant) for lam in self.curve_lambdas]))
         self.state = ExplorerState(
             query=qi, query_path=self.paths[qi], text=self.text, lam=self.lam, k=k, topk=topk,
             topk_paths=[self.paths[i] for i in topk], positive=relevant[topk], ap=ap, positives=positives,

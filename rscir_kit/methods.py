@@ -103,6 +103,24 @@ def fuse(s_img, s_txt, method: str = "weicom", lam: float | None = None):
     return out.numpy() if is_numpy else out
 
 
+def weicom_rank_scores(s_img, s_txt, lam: float):
+    """Scores (..., N) whose descending order is exactly the WeiCom ranking, free of float saturation.
+
+    Returns ``-(λ·Q(z_txt) + (1-λ)·Q(z_img))`` with Q = 1 - Φ (= the WeiCom score minus 1), and the raw
+    similarities themselves at λ=0 (image only) and λ=1 (text only). Φ rounds to exactly 1.0 above
+    z ≈ 5.4 in float32, so ranking by ``fuse(..., "weicom")`` can tie the best matches; this cannot.
+    The evaluation engine, the λ explorer and the archive index all rank this way.
+    """
+    from .normalization import weicom_upper_tail
+
+    lam = check_lambda(lam)
+    if lam == 0.0:
+        return s_img
+    if lam == 1.0:
+        return s_txt
+    return -(lam * weicom_upper_tail(s_txt) + (1.0 - lam) * weicom_upper_tail(s_img))
+
+
 def composed_scores(image_query, text_query, archive, method: str = "weicom", lam: float | None = None):
     """Scores (B, N) for query image embeddings (B, d) and text embeddings (B, d) against archive (N, d).
 

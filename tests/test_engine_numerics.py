@@ -1,5 +1,6 @@
 """WeiCom's top matches keep their order even where float32 Φ would round them all to 1.0."""
 import numpy as np
+import pytest
 import pandas as pd
 import torch
 from scipy import stats
@@ -46,3 +47,26 @@ def test_weicom_ranking_survives_cdf_saturation():
     for lam in (0.3, 0.7):
         exact = -(lam * stats.norm.sf(z(s_txt)) + (1 - lam) * stats.norm.sf(z(s_img)))  # float64, same ranking
         assert out[out["lambda"] == lam].ap.item() == average_precision(exact, rel)
+
+
+def test_explorer_and_engine_agree_on_ap_for_every_lambda():
+    """The λ explorer's AP (one query, on the fly) equals the engine's for the same pair and λ."""
+    from rscir_kit.explorer import LambdaExplorer
+
+    rng = np.random.default_rng(4)
+    n, d = 400, 32
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    x[:20] += 3 * x[0]  # a tight cluster: large z-scores at the top
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    meta = {"model": "numerics-test"}
+    archive = ImageFeatures(x, [f"c/{i:03d}.jpg" for i in range(n)], ["c"] * n, meta)
+    t = rng.standard_normal((1, d)).astype(np.float32)
+    texts = TextFeatures(["with a pond"], t / np.linalg.norm(t), meta)
+    qs = QuerySet("one", pd.DataFrame({"query_path": ["c/000.jpg"], "text": ["with a pond"], "positive_id": [0]}),
+                  [np.arange(5, 40, 3)], archive.paths)
+    lams = [0.0, 0.2, 0.5, 0.8, 1.0]
+    engine = evaluate(qs, archive, texts, methods=["weicom"], lambdas=lams, progress=False)
+    explorer = LambdaExplorer(archive, queries=qs, texts=texts)
+    for lam in lams:
+        state = explorer.set(query="c/000.jpg", text="with a pond", lam=lam)
+        assert state.ap == pytest.approx(engine[engine["lambda"] == lam].ap.item(), rel=1e-12, abs=0)
