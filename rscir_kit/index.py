@@ -331,9 +331,11 @@ class ArchiveIndex:
         L2-normalised — they are stored as float16 as they are, the exact semantics
         being defined on the stored values). paths/labels/model override what the features carry.
         fast: "auto" (flat 4-bit PQ fast-scan, ``PQ{d/4}x4fs``), a FAISS index_factory string (e.g.
-        "PQ256x4fs", "IVF4096,SQfp16", "HNSW32,SQfp16", "IVF16384,PQ64x4fs"), or None for no fast index.
+        "PQ256x4fs", "IVF4096,SQfp16", "HNSW32,SQfp16", "IVF16384,PQ64x4fs"), or None / "none" for no fast index.
         nprobe: default IVF probes for ``mode="fast"`` (stored; override per search).
         """
+        if isinstance(fast, str) and fast.strip().lower() == "none":
+            fast = None
         faiss = _faiss()
         t_start = time.perf_counter()
         rows, paths, labels, fmeta = _read_source(source, paths, labels)

@@ -315,6 +315,9 @@ def test_06_explorer_two_lambdas_two_grids_and_exact_ap(executed):
         ap = float(np.mean(np.arange(1, len(hits) + 1) / hits))
         assert st["ap"] == pytest.approx(ap, abs=1e-5)
         assert st["positive"] == rel[st["topk"]].tolist()
+    # the archive-scale index (exact mode) returns the explorer's brute-force top-k at both λ
+    assert r6["index_search"]["matches_explorer"] == {"0.2": True, "0.8": True}
+    assert r6["index_search"]["topk"]["0.2"] == s1["topk"]
     assert r6["free_text"]["source"] == "encoder" and r6["free_text"]["ap"] is None
     assert len(r6["free_text"]["topk"]) == 8
     # the normalised scores really are on a common scale, the raw ones need not be
