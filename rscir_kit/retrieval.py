@@ -361,8 +361,14 @@ def text_to_text_scores(encoder: TextEncoder, query_texts: Sequence[str], descri
 
 
 # --------------------------------------------------------------------------------------------- hybrid
-def hybrid_scores(s_t2t: np.ndarray, s_t2i: np.ndarray, lam: float, norm: str = "weicom", dim: int = -1):
-    """``λ·n(s_t2t) + (1-λ)·n(s_t2i)``, ``n`` the normalisation over ``dim`` (the archive axis)."""
+def hybrid_scores(s_t2t: np.ndarray, s_t2i: np.ndarray, lam: float, norm: str = "weicom", dim: int = -1,
+                  for_ranking: bool = False):
+    """``λ·n(s_t2t) + (1-λ)·n(s_t2i)``, ``n`` the normalisation over ``dim`` (the archive axis).
+
+    ``for_ranking=True`` with ``norm="weicom"`` returns the rank-equivalent ``-(λ·Q(z_t2t) + (1-λ)·Q(z_t2i))``
+    (Q = 1 - Φ) instead: Φ of a sharply peaked text-to-text row rounds to 1.0 even in float64 (z > 8.3),
+    which would tie the best matches. Rankings (R@K) use this form.
+    """
     from .methods import check_lambda
     from .normalization import normalize
 
@@ -371,6 +377,11 @@ def hybrid_scores(s_t2t: np.ndarray, s_t2i: np.ndarray, lam: float, norm: str = 
     s_t2t, s_t2i = np.asarray(s_t2t, dtype=np.float64), np.asarray(s_t2i, dtype=np.float64)
     if s_t2t.shape != s_t2i.shape:
         raise DataError(f"text-to-text scores {s_t2t.shape} and text-to-image scores {s_t2i.shape} differ in shape.")
+    if norm == "weicom" and for_ranking:  # rank-equivalent, saturation-free (see methods.weicom_rank_scores)
+        from .methods import weicom_rank_scores
+
+        a, b = np.moveaxis(s_t2i, dim, -1), np.moveaxis(s_t2t, dim, -1)
+        return np.moveaxis(weicom_rank_scores(a, b, lam), -1, dim)
     return lam * normalize(s_t2t, norm, dim=dim) + (1.0 - lam) * normalize(s_t2i, norm, dim=dim)
 
 
@@ -382,8 +393,8 @@ def hybrid_sweep(s_t2t: np.ndarray, s_t2i: np.ndarray, caption_image: np.ndarray
     """
     rows = {}
     for lam in lambdas:
-        t2i = hybrid_scores(s_t2t, s_t2i, lam, norm, dim=1)
-        i2t = hybrid_scores(s_t2t, s_t2i, lam, norm, dim=0).T
+        t2i = hybrid_scores(s_t2t, s_t2i, lam, norm, dim=1, for_ranking=True)
+        i2t = hybrid_scores(s_t2t, s_t2i, lam, norm, dim=0, for_ranking=True).T
         rows[float(lam)] = text_image_recall(t2i, caption_image, ks, sim_i2t=i2t)
     table = recall_table(rows, ks)
     table.index.name = "lambda"
@@ -470,8 +481,8 @@ def text_to_text_benchmark(caption_set, image_features, clip_encoder, text_encod
             rows[("text-to-text", name, "", np.nan)] = text_image_recall(s_t2t, q_image, ks, ties=ties)
             for norm in norms:
                 for lam in lambdas:
-                    t2i = hybrid_scores(s_t2t, s_t2i, lam, norm, dim=1)
-                    i2t = hybrid_scores(s_t2t, s_t2i, lam, norm, dim=0).T
+                    t2i = hybrid_scores(s_t2t, s_t2i, lam, norm, dim=1, for_ranking=True)
+                    i2t = hybrid_scores(s_t2t, s_t2i, lam, norm, dim=0, for_ranking=True).T
                     rows[("hybrid", name, norm, float(lam))] = text_image_recall(t2i, q_image, ks, sim_i2t=i2t,
                                                                                  ties=ties)
         for key, val in rows.items():
