@@ -628,15 +628,16 @@ def plot_hybrid(table: pd.DataFrame, metric: str = "mR", title: str = "hybrid ov
     """``metric`` of the hybrid against λ per text encoder, with text→image (λ=0 end) as a dashed line."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    fig, ax = plt.subplots(figsize=(9.0, 3.6))
     base = table[table.method == "text→image"].iloc[0]
-    ax.axhline(base[metric], ls="--", color="gray", label=f"text→image ({base.text_encoder})")
+    model = str(base.text_encoder).rstrip("/").rsplit("/", 1)[-1]
+    ax.axhline(base[metric], ls="--", color="gray", label=f"text→image ({model})")
     for (enc, norm), g in table[table.method == "hybrid"].groupby(["text_encoder", "norm"], sort=False):
         g = g.sort_values("lambda")
         ax.plot(g["lambda"], g[metric], marker="o", label=f"hybrid ({norm}), text-to-text with {enc}")
     ax.set_xlabel("λ (0 = text→image, 1 = text-to-text)")
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title(title)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     return fig
