@@ -40,18 +40,17 @@ as published, e.g. ``RemoteCLIP-ViT-L-14.pt``) before downloading.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from . import config
 from .errors import RscirError
+from .io import atomic_path, download_file
 
 ACTIVATIONS = {"auto": "auto", "quickgelu": "quickgelu", "gelu": "gelu", "official": "gelu"}
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -342,17 +341,12 @@ def _fetch_preset(p: Preset, cache_dir: str | None) -> Path:
         return found[0]
     dest_dir.mkdir(parents=True, exist_ok=True)
     zip_path = dest_dir / Path(p.url).name
-    tmp = zip_path.with_suffix(".zip.part")
     try:
-        print(f"rscir-kit: downloading {p.url} -> {zip_path}", flush=True)
-        with urllib.request.urlopen(p.url, timeout=60) as r, open(tmp, "wb") as f:
-            shutil.copyfileobj(r, f, length=1 << 22)
-        os.replace(tmp, zip_path)
+        download_file(p.url, zip_path, desc=f"{p.name} weights")
         with zipfile.ZipFile(zip_path) as z:
             z.extractall(dest_dir)
         zip_path.unlink()
     except Exception as exc:
-        tmp.unlink(missing_ok=True)
         raise RscirError(f"cannot download the weights of preset {p.name!r} from {p.url}: {type(exc).__name__}: {exc}. "
                          f"Unzip it yourself and pass {p.arch}:/path/to/{p.member_suffix}. "
                          f"{_offline_hint(p.checkpoint_name)}") from exc
@@ -377,10 +371,8 @@ def seed_hf_cache(seed: Path) -> Path | None:
             dst = target / src.relative_to(seed)
             if dst.exists() or dst.is_symlink():
                 continue
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(dst.name + f".rscir-tmp{os.getpid()}")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
         return target
     except OSError:
         return None

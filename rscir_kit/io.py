@@ -5,10 +5,14 @@ Readers never see a half-written file, and an interrupted write leaves the previ
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable
+
+from .errors import DataError
 
 
 def _umask() -> int:
@@ -55,3 +59,35 @@ def atomic_write(path, write: Callable, mode: str = "wb") -> Path:
 def write_text_atomic(path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     return atomic_write(path, lambda fh: fh.write(text), mode="w")
+
+
+def download_file(url: str, dest: Path, md5: str | None = None, desc: str | None = None) -> Path:
+    """Download ``url`` to ``dest`` (temp file + ``os.replace``), with a tqdm bar.
+
+    ``md5``: expected digest; a mismatch only warns (callers verify the content's structure).
+    Raises DataError (with the URL) when the download fails.
+    """
+    import urllib.request
+
+    from tqdm.auto import tqdm
+
+    dest = Path(dest)
+    digest = hashlib.md5()
+    try:
+        with atomic_path(dest, suffix=".part") as tmp, open(tmp, "wb") as out, \
+                urllib.request.urlopen(url, timeout=60) as resp:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=desc or dest.name) as bar:
+                while True:
+                    chunk = resp.read(1 << 20)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+    except OSError as exc:
+        raise DataError(f"could not download {url} ({exc}). Download it by hand and put it at {dest}.") from exc
+    if md5 is not None and digest.hexdigest() != md5:
+        warnings.warn(f"{dest}: MD5 {digest.hexdigest()} differs from the recorded {md5}; "
+                      f"checking the extracted content instead.", stacklevel=2)
+    return dest

@@ -168,7 +168,7 @@ def _run(paths, folder, out, common, kernel, timeout, progress, say) -> dict:
 
 def _index_markdown(summary: dict) -> str:
     out = Path(summary["output"])
-    lines = [f"# rscir-kit notebook outputs", "", f"Parameters: `{json.dumps(summary['parameters'])}`; "
+    lines = ["# rscir-kit notebook outputs", "", f"Parameters: `{json.dumps(summary['parameters'])}`; "
              f"total {summary['seconds']} s.", ""]
     for item in summary["notebooks"]:
         lines.append(f"## {item['notebook']} ({item['seconds']} s)")

@@ -12,12 +12,10 @@ downloaded; with ``download=True`` and files missing, the original public source
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import tempfile
-import warnings
 import zipfile
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -25,6 +23,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import DataError
+from ..io import download_file  # noqa: F401  (re-exported: datasets.ucm.download_file)
 
 UCM_CLASSES = (
     "agricultural", "airplane", "baseballdiamond", "beach", "buildings", "chaparral",
@@ -102,41 +101,6 @@ def index_by_name(archive_paths: Sequence[str], names: Iterable[str], what: str 
 
 
 # --------------------------------------------------------------------------------------------- download
-def download_file(url: str, dest: Path, md5: str | None = None, desc: str | None = None) -> Path:
-    """Download ``url`` to ``dest`` (temp file + ``os.replace``), with a tqdm bar.
-
-    ``md5``: expected digest; a mismatch only warns (callers verify the content's structure).
-    Raises DataError (with the URL) when the download fails.
-    """
-    import urllib.request
-
-    from tqdm.auto import tqdm
-
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    digest = hashlib.md5()
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=desc or dest.name) as bar:
-                while True:
-                    chunk = resp.read(1 << 20)
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-        os.replace(tmp, dest)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise DataError(f"could not download {url} ({exc}). Download it by hand and put it at {dest}.") from exc
-    if md5 is not None and digest.hexdigest() != md5:
-        warnings.warn(f"{dest}: MD5 {digest.hexdigest()} differs from the recorded {md5}; "
-                      f"checking the extracted content instead.", stacklevel=2)
-    return dest
-
-
 def _extract(zip_path: Path, into: Path) -> None:
     try:
         with zipfile.ZipFile(zip_path) as zf:
