@@ -50,7 +50,6 @@ def make_benchmark(root: Path, d: int, seed: int = 0):
             paths.append(f"{cls}/{prefixes[cls]}{i:03d}.jpg")
             labels.append(cls)
     centers = {c: rng.standard_normal(d) for c in prefixes}
-    value_dirs = {}
     feats = np.empty((len(paths), d), np.float32)
     texts = sorted({v for classes in SPEC.values() for vs in classes.values() for v in vs})
     tvec = {t: rng.standard_normal(d) for t in texts}

@@ -11,14 +11,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from scipy import stats
 
 from rscir_kit.datasets.patterncom import ATTRIBUTES, PatternCom, class_of
 from rscir_kit.engine import evaluate, summarize, wide_table
 from rscir_kit.errors import DataError, ModelMismatchError
-from rscir_kit.features import ImageFeatures, TextFeatures
+from rscir_kit.features import TextFeatures
 from rscir_kit.metrics import average_precision
 from synthetic_patterncom import SPEC, make_synthetic_patterncom
 
