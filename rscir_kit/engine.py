@@ -5,7 +5,7 @@ features, and any number of methods and λ values, and returns a tidy per-pair t
 in Python over the archive or over single queries:
 
 - query pairs are processed in blocks of distinct query images (bounded memory, ``max_block_mb``);
-- each distinct query image is scored and normalised once per block, each distinct text once;
+- each distinct query image is scored and normalised once, each distinct text once per block;
 - image-only rankings are sorted once per distinct image and text-only once per distinct text, then
   shared by all pairs using them (and by WeiCom at λ=0 / λ=1, which Φ's monotonicity makes
   identical to image-only / text-only);
@@ -157,14 +157,13 @@ def evaluate(queries: QuerySet, archive, texts=None, methods=("image", "text", "
     norms_needed = {("tail" if name == "weicom" else norm) for name, norm in parsed.values()
                     if name not in ("image", "text", "average")}
     _norm = lambda s, norm: weicom_upper_tail(s) if norm == "tail" else normalize(s, norm)  # noqa: E731
-    need_text_sort = any(parsed[m][0] == "text" or (parsed[m][0] == "weicom" and lam == 1.0) for m, lam in combos)
-
-    # Text similarities: all distinct texts at once (T is small next to the number of pairs).
-    S_txt = Qtxt @ X.T
-    txt_norm = {norm: _norm(S_txt, norm) for norm in norms_needed}
-    txt_sorted = sort_rows(S_txt) if need_text_sort else None
 
     bytes_per_row = 4 * n_archive * 6
+    # Few distinct texts (the usual case): score, normalise and sort them once for all blocks.
+    txt_global = None
+    if len(uniq_txt) * bytes_per_row <= max_block_mb * 2**20 // 2:
+        S_all = Qtxt @ X.T
+        txt_global = (S_all, {norm: _norm(S_all, norm) for norm in norms_needed}, sort_rows(S_all))
     max_pairs = max(1, int(max_block_mb * 2**20 // bytes_per_row))
     results = {key: {} for key in combos}
     pos_all = queries.positive_sets
@@ -175,7 +174,15 @@ def evaluate(queries: QuerySet, archive, texts=None, methods=("image", "text", "
         b_imgs, local = np.unique(img_of_pair[block], return_inverse=True)
         S_img = Qimg[torch.as_tensor(b_imgs, device=dev)] @ X.T  # (C, N)
         li = torch.as_tensor(local, device=dev)
-        ti = torch.as_tensor(txt_of_pair[block], device=dev)
+        if txt_global is None:  # many texts: only the block's distinct texts (bounded memory)
+            b_txts, t_local = np.unique(txt_of_pair[block], return_inverse=True)
+            S_txt = Qtxt[torch.as_tensor(b_txts, device=dev)] @ X.T  # (T_block, N)
+            txt_norm = {norm: _norm(S_txt, norm) for norm in norms_needed}
+            txt_sorted = None
+        else:
+            S_txt, txt_norm, txt_sorted = txt_global
+            t_local = txt_of_pair[block]
+        ti = torch.as_tensor(t_local, device=dev)
         positives = pad_positives([pos_all[k] for k in pid[block]], device=dev)
         valid = positives >= 0
         positives.clamp_(min=0)
@@ -193,6 +200,7 @@ def evaluate(queries: QuerySet, archive, texts=None, methods=("image", "text", "
                 ranks = img_ranks
             elif name == "text" or (name == "weicom" and lam == 1.0):
                 if txt_ranks is None:
+                    txt_sorted = sort_rows(S_txt) if txt_sorted is None else txt_sorted
                     txt_ranks = positive_ranks(S_txt[ti], positives, txt_sorted[ti], valid)
                 ranks = txt_ranks
             elif name == "average":

@@ -102,15 +102,16 @@ def test_query_construction_follows_the_protocol(synthetic):
     assert not any(q in qs.positives(i) for i, q in enumerate(q_idx))
 
 
+@pytest.mark.parametrize("max_block_mb", [0, 1, 512])  # 0: one image per block and per-block texts
 @pytest.mark.parametrize("attribute", ATTRIBUTES)
-def test_engine_equals_slow_per_query_loop(synthetic, attribute):
+def test_engine_equals_slow_per_query_loop(synthetic, attribute, max_block_mb):
     archive, texts, root = synthetic
     qs = PatternCom(root).queries(archive.paths, attributes=[attribute])
     lambdas = [0.0, 0.3, 0.5, 1.0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = evaluate(qs, archive, texts, methods=["image", "text", "average", "weicom"], lambdas=lambdas,
-                       progress=False, max_block_mb=1)  # tiny blocks: exercises the chunking
+                       progress=False, max_block_mb=max_block_mb)
     ordered = qs.table.sort_values(["line"], kind="stable").index  # reference order: CSV row, then prompt
     for method, lam in [("image", None), ("text", None), ("average", None)] + [("weicom", l) for l in lambdas]:
         sel = out[(out.method == method) & ((out["lambda"] == lam) if lam is not None else out["lambda"].isna())]
