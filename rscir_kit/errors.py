@@ -11,3 +11,11 @@ class DataError(RscirError, ValueError):
 
 class ModelMismatchError(RscirError, ValueError):
     """A feature file/cache was made by a different model or preprocessing than requested."""
+
+
+class MissingDataError(DataError):
+    """A dataset is absent and cannot be fetched automatically; the message says how to get it.
+
+    The notebook runner reports a notebook stopped by this error as *skipped* (data not available) and
+    goes on with the others, instead of failing the whole main job.
+    """

@@ -138,7 +138,7 @@ def _run(paths, folder, out, common, kernel, timeout, progress, say) -> dict:
     import papermill as pm
 
     say(f"running {len(paths)} notebook(s) from {folder} -> {out}")
-    done = []
+    done, skipped = [], []
     t_all = time.perf_counter()
     for i, nb in enumerate(paths, start=1):
         params = dict(common, output_dir=str(out / nb.stem))
@@ -149,6 +149,10 @@ def _run(paths, folder, out, common, kernel, timeout, progress, say) -> dict:
             pm.execute_notebook(str(nb), str(target), parameters=params, kernel_name=kernel, cwd=str(folder),
                                 progress_bar=progress, log_output=False, execution_timeout=timeout)
         except pm.PapermillExecutionError as exc:
+            if exc.ename == "MissingDataError":  # manual-only data absent: skip this notebook, run the others
+                say(f"    SKIPPED (data not available): {exc.evalue}")
+                skipped.append({"notebook": nb.stem, "reason": exc.evalue, "executed": str(target)})
+                continue
             say("    FAILED")
             raise DataError(f"notebook {nb.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
                             f"the executed copy with the traceback is {target}") from None
@@ -160,7 +164,7 @@ def _run(paths, folder, out, common, kernel, timeout, progress, say) -> dict:
     for item in done:
         item.update(listing.get(item["notebook"], {"figures": [], "tables": [], "results": []}))
     summary = {"output": str(out), "seconds": round(time.perf_counter() - t_all, 1), "parameters": common,
-               "notebooks": done}
+               "notebooks": done, "skipped": skipped}
     nbutils.write_json_atomic(out / "summary.json", summary)
     (out / "index.md").write_text(_index_markdown(summary), encoding="utf-8")
     return summary
@@ -178,11 +182,14 @@ def _index_markdown(summary: dict) -> str:
                 rel = Path(f).relative_to(out).as_posix()
                 lines.append(f"- {kind[:-1]}: [{rel}]({rel})")
         lines.append("")
+    for item in summary.get("skipped", []):
+        lines += [f"## {item['notebook']}: skipped (data not available)", "", item["reason"], ""]
     return "\n".join(lines)
 
 
 def print_summary(summary: dict) -> None:
-    print(f"\nall notebooks ran in {summary['seconds']} s; outputs in {summary['output']}")
+    ran = "all notebooks ran" if not summary.get("skipped") else f"{len(summary['notebooks'])} notebook(s) ran"
+    print(f"\n{ran} in {summary['seconds']} s; outputs in {summary['output']}")
     for item in summary["notebooks"]:
         print(f"  {item['notebook']}: {item['executed']}")
         for f in item.get("figures", []):
@@ -192,6 +199,8 @@ def print_summary(summary: dict) -> None:
             print(f"      table  {f}")
         for f in item.get("results", []):
             print(f"      values {f}")
+    for item in summary.get("skipped", []):
+        print(f"  SKIPPED {item['notebook']}: data not available. {item['reason']}")
     print(f"  index: {Path(summary['output']) / 'index.md'}")
 
 

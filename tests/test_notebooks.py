@@ -363,3 +363,20 @@ def test_patterncom_path_prints_the_paper_numbers_beside(tmp_path, patternnet_fi
     assert "kit_minus_paper_table3" in r4["tables"]
     diff = pd.read_csv(out / "04_lambda_ablation" / "kit_minus_paper_table3.csv").set_index("attribute")
     assert diff.loc["avg", "λ=0.6"] == pytest.approx(r4["ablation"]["0.6"]["avg"] - 30.2, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_runner_skips_a_notebook_whose_manual_only_data_is_missing(tmp_path, capsys):
+    """A MissingDataError (e.g. UCM-Captions, which cannot be downloaded) skips that notebook, not the job."""
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _toy_notebook(nbs / "01_needs_data.ipynb",
+                  "from rscir_kit.errors import MissingDataError\nraise MissingDataError('get it from X')")
+    _toy_notebook(nbs / "02_runs.ipynb", "from rscir_kit import nbutils\n"
+                                         "nbutils.Recorder(output_dir, notebook='runs').record(ok=True)")
+    summary = run_notebooks.run(notebooks=nbs, out=tmp_path / "out", quiet=True)
+    assert [n["notebook"] for n in summary["notebooks"]] == ["02_runs"]
+    assert summary["skipped"][0]["notebook"] == "01_needs_data" and "get it from X" in summary["skipped"][0]["reason"]
+    assert "skipped (data not available)" in (tmp_path / "out" / "index.md").read_text()
+    run_notebooks.print_summary(summary)
+    assert "SKIPPED 01_needs_data: data not available. get it from X" in capsys.readouterr().out

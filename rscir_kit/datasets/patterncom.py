@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import DataError
+from ..errors import DataError, MissingDataError
 from ..queries import QuerySet
 from .patternnet import PATTERNNET_CLASSES
 
@@ -65,7 +65,7 @@ def read_attribute_csv(path) -> pd.DataFrame:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"PatternCom file {path} not found; download PatternCom (see README) and pass its folder")
+        raise MissingDataError(f"PatternCom file {path} not found; download PatternCom (see README) and pass its folder")
     known = set(PATTERNNET_CLASSES.values())
     rows = []
     with open(path, newline="", encoding="utf-8") as fh:
@@ -150,7 +150,7 @@ class PatternCom:
                 self.root = candidate
                 break
         else:
-            raise DataError(f"no PatternCom CSVs ({', '.join(a + '.csv' for a in ATTRIBUTES)}) in {root} or "
+            raise MissingDataError(f"no PatternCom CSVs ({', '.join(a + '.csv' for a in ATTRIBUTES)}) in {root} or "
                             f"{root / 'PatternCom'}; download PatternCom from the official WeiCom repository "
                             "(github.com/billpsomas/rscir) and pass its folder")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import DataError, MissingDataError
 
 #: class folder → the class prefix of its file names (``wastewater_treatment_plant`` → ``wastewaterplant``).
 PATTERNNET_CLASSES: dict[str, str] = {
@@ -41,7 +41,7 @@ class PatternNet:
         root = Path(root).expanduser()
         self.root = root / "images" if (root / "images").is_dir() else root
         if not self.root.is_dir() or not any((self.root / c).is_dir() for c in PATTERNNET_CLASSES):
-            raise DataError(f"PatternNet images not found under {root} (expected images/<class>/...jpg); "
+            raise MissingDataError(f"PatternNet images not found under {root} (expected images/<class>/...jpg); "
                             f"download PatternNet.zip from {self.url}, unzip it and pass the PatternNet folder")
         self.image_paths, self.labels = [], []
         for cls in sorted(PATTERNNET_CLASSES):

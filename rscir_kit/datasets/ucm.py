@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, MissingDataError
 from ..io import download_file  # noqa: F401  (re-exported: datasets.ucm.download_file)
 
 UCM_CLASSES = (
@@ -314,7 +314,7 @@ class UCMCaptions:
         if path is None:
             path = next((root_dir / f for f in self.FILENAMES if (root_dir / f).is_file()), None)
             if path is None:
-                raise DataError(
+                raise MissingDataError(
                     f"UCM-Captions not found under {root_dir} (looked for {', '.join(self.FILENAMES)}). It is "
                     f"distributed through cloud drives only, so it cannot be downloaded automatically: follow the "
                     f"UCM-Captions link at {UCM_CAPTIONS_HOME}, unpack it and copy its dataset.json to "
