@@ -19,3 +19,7 @@ class MissingDataError(DataError):
     The notebook runner reports a notebook stopped by this error as *skipped* (data not available) and
     goes on with the others, instead of failing the whole main job.
     """
+
+
+class ParameterError(RscirError, ValueError):
+    """A bad parameter value (λ outside [0, 1], unknown method or normalisation, bad option...)."""
