@@ -23,7 +23,8 @@ from rscir_kit import config
 from rscir_kit.datasets.ucm import UCMCaptions, UCMImages, UCMMultiLabel
 from rscir_kit.datasets.ucmcom import TEMPLATES, build_ucmcom, resolve_template
 from rscir_kit.engine import evaluate, summarize, wide_table
-from rscir_kit.retrieval import load_text_encoder, recall_table
+from rscir_kit.retrieval import recall_table
+from rscir_kit.text_encoders import load_text_encoder
 
 LAMBDAS = [round(0.1 * i, 1) for i in range(11)]
 TIMES: dict[str, float] = {}
@@ -40,7 +41,7 @@ def timed(name: str):
 def image_features(args, encoder_loader):
     from rscir_kit.features import ImageFeatures, extract_image_features
     from rscir_kit.imagesets import ImageCollection
-    from rscir_kit.nbutils import model_slug
+    from rscir_kit.pipeline import model_slug
 
     if args.features:
         return ImageFeatures.load(args.features)
@@ -127,7 +128,8 @@ def main(argv=None) -> int:
     test = UCMCaptions(root).split("test")
     info.update(test_images=len(test), test_captions=len(test.texts))
     if not args.only_text2text:
-        from rscir_kit.retrieval import CachedTextEncoder, image_rows, text_image_recall
+        from rscir_kit.retrieval import image_rows, text_image_recall
+        from rscir_kit.text_encoders import CachedTextEncoder
 
         # the steps of retrieval.caption_retrieval, timed separately
         with timed("text_image_test_split"):
@@ -147,8 +149,11 @@ def main(argv=None) -> int:
     # ---------------------------------------------------------------- text-to-text + hybrid
     if not args.skip_text2text:
         from rscir_kit.datasets.ucm import UCM_CLASS_TEXT
-        from rscir_kit.retrieval import CachedTextEncoder, beats_both, hybrid_summary, image_rows, \
-            text_to_text_benchmark, zero_shot_descriptions
+        from rscir_kit.analysis import beats_both, hybrid_summary
+        from rscir_kit.captioners import zero_shot_descriptions
+        from rscir_kit.retrieval import image_rows
+        from rscir_kit.text_encoders import CachedTextEncoder
+        from rscir_kit.text_to_text import text_to_text_benchmark
 
         minilm = CachedTextEncoder(load_text_encoder("minilm", device=args.device))
         standin_text = CachedTextEncoder(encoder)

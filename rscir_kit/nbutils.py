@@ -24,6 +24,7 @@ from typing import Any, Iterable
 from . import config
 from .errors import DataError
 from .io import atomic_path, atomic_write
+from .pipeline import model_slug
 
 DATASETS = ("ucmcom", "patterncom")
 DEFAULT_LAMBDAS = tuple(round(0.1 * i, 1) for i in range(11))
@@ -306,16 +307,6 @@ class Benchmark:
                 "query_pairs": len(t), "query_images": int(t["query_path"].nunique()),
                 "texts": int(t["text"].nunique()), "attributes": sorted(t["attribute"].unique().tolist()),
                 "image_features": str(self.image_features_path), "text_features": str(self.text_features_path)}
-
-
-def model_slug(model: str) -> str:
-    """File-name-safe short form of a model spec (``local-dir:/x/ucm-minilm-standin`` → ``ucm-minilm-standin``)."""
-    import re
-
-    text = str(model)
-    if text.startswith("local-dir:"):
-        text = Path(text[len("local-dir:"):]).name
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
 
 
 def archive_images(params: NotebookParams):

@@ -1,23 +1,27 @@
-"""Figures and tables of the notebooks: Table-2 layout, λ ablation, qualitative grids, score distributions.
+"""Figures of the notebooks: Table-2 bars, λ ablation, qualitative grids, score distributions, recall bars.
 
 Every figure function returns a matplotlib ``Figure`` and stamps it with :func:`model_label` so a figure
 made with the offline stand-in model can never be mistaken for a CLIP/RemoteCLIP result.
-Tables are pandas DataFrames with mAP in percent.
+The tables they draw come from :mod:`rscir_kit.analysis` (mAP in percent).
 """
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.patches import Rectangle
+from PIL import Image
 
 from . import reference
+from .analysis import best_lambda, method_label
 from .config import STANDIN_NAME
 
 AVG = reference.AVG
-METHOD_ORDER = ("text", "image", "average", "weicom")
 ATTRIBUTE_COLORS = {
     "color": "#d62728", "context": "#1f77b4", "density": "#2ca02c", "existence": "#9467bd",
     "quantity": "#ff7f0e", "shape": "#8c564b", AVG: "black",
@@ -64,96 +68,10 @@ def stamp(fig, model: str | None, extra: str | None = None):
     return fig
 
 
-def method_label(method: str, lam: float | None = None) -> str:
-    """Row label in the paper's style: Text, Image, Text & Image, WeiCom (λ=0.5)."""
-    name = reference.METHOD_NAMES.get(method, method)
-    if lam is None or (isinstance(lam, float) and math.isnan(lam)):
-        return name
-    return f"{name} (λ={float(lam):g})"
-
-
-# --------------------------------------------------------------------------------------------- tables
-def summary_to_wide(summary: pd.DataFrame, value: str = "map") -> pd.DataFrame:
-    """Engine summary (rows method, lambda, attribute, map) → one row per (method, λ), columns
-    attributes (+ ``avg``) in %, rows in the paper's order (Text, Image, Text & Image, WeiCom by λ)."""
-    frame = summary.copy()
-    # NaN λ (methods without one) would vanish from a pivot: use a sentinel meanwhile.
-    frame["lambda"] = frame["lambda"].astype(float).fillna(-1.0)
-    wide = frame.pivot_table(index=["method", "lambda"], columns="attribute", values=value, aggfunc="first")
-    wide = wide.reset_index()
-    wide.columns.name = None
-    wide["lambda"] = wide["lambda"].where(wide["lambda"] >= 0)
-    order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    wide["_o"] = wide["method"].map(lambda m: order.get(m, len(order)))
-    wide = wide.sort_values(["_o", "lambda"], na_position="first").drop(columns="_o").reset_index(drop=True)
-    attrs = [c for c in wide.columns if c not in ("method", "lambda", AVG)]
-    known = [a for a in reference.ATTRIBUTES if a in attrs] + sorted(a for a in attrs
-                                                                     if a not in reference.ATTRIBUTES)
-    return wide[["method", "lambda"] + known + ([AVG] if AVG in wide.columns else [])]
-
-
-def row_key(method: str, lam) -> str:
-    """Key of a (method, λ) row in results.json: ``text``, ``image``, ``average``, ``weicom@0.5``."""
-    if lam is None or (isinstance(lam, float) and math.isnan(lam)):
-        return str(method)
-    return f"{method}@{float(lam):g}"
-
-
-def wide_to_dict(wide: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """``{row_key: {attribute: mAP %, ..., "avg": ...}}`` from a wide table (for results.json)."""
-    cols = [c for c in wide.columns if c not in ("method", "lambda")]
-    return {row_key(r["method"], r["lambda"]): {c: float(r[c]) for c in cols} for _, r in wide.iterrows()}
-
-
-def table2(wide: pd.DataFrame, model: str | None = None, dataset: str | None = None,
-           ref_model: str | None = None) -> pd.DataFrame:
-    """Table 2 layout: one row per method (label in the paper's style), one column per attribute + avg,
-    values mAP %.  When (dataset, model) is the paper's setup (or ``ref_model`` forces a model key), each
-    column is followed by the paper's number (``<attr> paper``) and, for WeiCom at the paper's λ, the
-    official code release's average (``avg code``)."""
-    key = ref_model or reference.paper_setup_key(dataset, model)
-    value_cols = [c for c in wide.columns if c not in ("method", "lambda")]
-    rows = []
-    for _, r in wide.iterrows():
-        lam = None if pd.isna(r["lambda"]) else float(r["lambda"])
-        row = {"method": method_label(r["method"], lam)}
-        for col in value_cols:
-            row[col] = float(r[col]) if pd.notna(r[col]) else float("nan")
-            if key is not None:
-                ref = reference.reference_lookup(key, r["method"], lam, col)
-                row[f"{col} paper"] = float("nan") if ref is None else ref
-        if key is not None:
-            code = reference.code_release_avg(key)
-            row["avg code"] = next((v for l, v in code.items()
-                                    if r["method"] == "weicom" and lam is not None and abs(l - lam) < 1e-9),
-                                   float("nan"))
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("method")
-
-
-def table2_lambdas(best: float, ref_key: str | None, available: Iterable[float]) -> list[float]:
-    """WeiCom λ rows of the Table-2 layout: the paper's λ=0.5, the paper's best λ for its model (paper setup
-    only) and the kit's best λ, restricted to the λ values evaluated."""
-    wanted = {0.5, float(best)}
-    if ref_key is not None:
-        wanted.add(reference.PAPER_BEST_LAMBDA[ref_key])
-    avail = [float(a) for a in available]
-    return sorted(a for a in avail if any(abs(a - w) < 1e-9 for w in wanted))
-
-
-def table2_selection(wide: pd.DataFrame, lambdas: Iterable[float]) -> pd.DataFrame:
-    """The rows of a wide table shown in Table 2: every method without λ, WeiCom only at ``lambdas``."""
-    lams = np.asarray(list(lambdas), dtype=float)
-    shown = wide["lambda"].map(lambda v: pd.notna(v) and bool(np.isclose(float(v), lams).any()))
-    return wide[(wide["method"] != "weicom") | shown].reset_index(drop=True)
-
-
 def plot_table2(wide: pd.DataFrame, model: str | None = None, dataset: str | None = None,
                 title: str | None = None, ref_model: str | None = None):
     """Grouped bars: mAP per attribute (and avg) for each method row of ``wide``; when the setup is the
     paper's, the paper's values are drawn as black ticks on the bars."""
-    import matplotlib.pyplot as plt
-
     key = ref_model or reference.paper_setup_key(dataset, model)
     cols = [c for c in wide.columns if c not in ("method", "lambda")]
     n_rows = len(wide)
@@ -192,8 +110,6 @@ def plot_table2(wide: pd.DataFrame, model: str | None = None, dataset: str | Non
 def plot_query_stats(stats: pd.DataFrame, model: str | None = None, dataset: str | None = None):
     """Bars: query pairs per attribute (left) and mean number of positives per pair (right), from
     ``QuerySet.summary(["attribute"])`` (reset index)."""
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     x = np.arange(len(stats))
     names = stats.iloc[:, 0].astype(str).tolist()
@@ -215,8 +131,6 @@ def plot_query_stats(stats: pd.DataFrame, model: str | None = None, dataset: str
 def archive_examples(images: Sequence, labels: Sequence[str], model: str | None = None, ncols: int = 7,
                      loader: Callable | None = None, title: str | None = None):
     """One thumbnail per class (``images``: paths or arrays, ``labels``: their classes)."""
-    import matplotlib.pyplot as plt
-
     n = len(images)
     nrows = max(1, math.ceil(n / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.95 * nrows + 0.7), squeeze=False,
@@ -229,53 +143,6 @@ def archive_examples(images: Sequence, labels: Sequence[str], model: str | None 
     fig.suptitle(title or "Archive: one image per class", fontsize=10)
     fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.5 / fig.get_figheight(), bottom=0.3 / fig.get_figheight())
     return stamp(fig, model)
-
-
-# --------------------------------------------------------------------------------------------- λ ablation
-def ablation_frame(wide_weicom: pd.DataFrame) -> pd.DataFrame:
-    """WeiCom rows of a wide table (one per λ) → index λ, columns attributes + avg (the Table-3 layout)."""
-    frame = wide_weicom[wide_weicom["method"] == "weicom"] if "method" in wide_weicom else wide_weicom
-    frame = frame.drop(columns=[c for c in ("method",) if c in frame]).set_index("lambda").sort_index()
-    frame.index = frame.index.astype(float).rename("lambda")
-    return frame
-
-
-def best_lambda(ablation: pd.DataFrame, column: str = AVG) -> float:
-    """λ with the highest mAP in ``column`` (ties → the smallest λ)."""
-    series = ablation[column].astype(float)
-    if series.isna().all():
-        raise ValueError(f"no values in column {column!r}")
-    best = series.max()
-    return float(series.index[np.flatnonzero(np.isclose(series.to_numpy(), best, rtol=0, atol=1e-12))[0]])
-
-
-def best_lambdas(ablation: pd.DataFrame) -> dict[str, float]:
-    """Best λ for every column (attribute and avg)."""
-    return {col: best_lambda(ablation, col) for col in ablation.columns}
-
-
-def table3(ablation: pd.DataFrame) -> pd.DataFrame:
-    """The paper's Table-3 layout: one row per attribute (and avg), one column per λ, then the row's best λ
-    and its mAP."""
-    out = ablation.T.copy()
-    out.columns = [f"λ={float(c):g}" for c in ablation.index]
-    bests = best_lambdas(ablation)
-    out["best λ"] = [bests[c] for c in ablation.columns]
-    out["best mAP"] = [float(ablation.loc[bests[c], c]) for c in ablation.columns]
-    out.index.name = "attribute"
-    return out
-
-
-def table3_difference(ablation: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
-    """Kit minus paper (mAP points) in the Table-3 layout, on the λ values and columns both have."""
-    lams = [l for l in ablation.index if any(np.isclose(l, paper.index))]
-    cols = [c for c in ablation.columns if c in paper.columns]
-    kit = ablation.loc[lams, cols]
-    ref = paper.loc[[paper.index[np.isclose(paper.index, l)][0] for l in lams], cols].to_numpy()
-    out = (kit - ref).T
-    out.columns = [f"λ={float(l):g}" for l in lams]
-    out.index.name = "attribute"
-    return out
 
 
 def _plot_ablation_axes(ax, ablation: pd.DataFrame, title: str):
@@ -307,8 +174,6 @@ def plot_lambda_ablation(ablation: pd.DataFrame, model: str | None = None, datas
     """mAP vs λ per attribute and average (thick black), best λ of each curve marked by a star and the best
     average λ by a dotted line.  With ``reference_table`` (e.g. :func:`rscir_kit.reference.table3`) the
     published curves are drawn in a second panel on the same y axis."""
-    import matplotlib.pyplot as plt
-
     n = 2 if reference_table is not None else 1
     fig, axes = plt.subplots(1, n, figsize=(6.2 * n, 4.4), sharey=True, squeeze=False)
     _plot_ablation_axes(axes[0, 0], ablation, f"WeiCom λ ablation - kit ({dataset or 'dataset'})")
@@ -325,8 +190,6 @@ def plot_lambda_ablation(ablation: pd.DataFrame, model: str | None = None, datas
 def _as_image(item, loader: Callable | None):
     if isinstance(item, (str, Path)):
         if loader is None:
-            from PIL import Image
-
             with Image.open(item) as im:
                 return np.asarray(im.convert("RGB"))
         return np.asarray(loader(item))
@@ -341,8 +204,6 @@ def qualitative_grid(query_image, text: str, rows: Sequence[dict], model: str | 
     ``rows``: dicts with ``lam``, ``images`` (top-k, paths or arrays), ``positive`` (bools, same length),
     optional ``labels`` (captions under each image) and ``ap`` (in [0, 1] or None).  Paths are read with
     ``loader`` (default PIL)."""
-    import matplotlib.pyplot as plt
-
     k = max((len(r["images"]) for r in rows), default=0)
     n = max(len(rows), 1)
     fig = plt.figure(figsize=(thumb * (k + 2.4), thumb * 1.12 * n + 0.9))
@@ -371,8 +232,6 @@ def qualitative_grid(query_image, text: str, rows: Sequence[dict], model: str | 
 
 
 def _wrap(text: str, width: int) -> str:
-    import textwrap
-
     return "\n".join(textwrap.wrap(str(text), width)) or '""'
 
 
@@ -409,8 +268,6 @@ def plot_score_distributions(raw: dict[str, np.ndarray], normalized: dict[str, n
     """Why normalisation matters: histograms of the archive similarities of each modality, raw (left) and
     normalised (right).  ``raw``/``normalized`` map a modality name ("image", "text") to (N,) scores;
     ``positives`` (archive indices) are marked as ticks under each histogram."""
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     draw_score_distributions(axes, raw, normalized, positives, norm_name)
     fig.suptitle(title or "Score distributions over the archive for one query", fontsize=10)
@@ -421,8 +278,6 @@ def plot_score_distributions(raw: dict[str, np.ndarray], normalized: dict[str, n
 def draw_image_row(axes, images: Sequence, positive: Sequence[bool], labels: Sequence | None = None,
                    loader: Callable | None = None):
     """Show ``images`` in ``axes`` (one each), positives outlined in green, others in thin grey."""
-    from matplotlib.patches import Rectangle
-
     labels = list(labels) if labels is not None else [None] * len(images)
     for ax, item, pos, lab in zip(axes, images, positive, labels):
         ax.axis("off")
@@ -439,8 +294,6 @@ def draw_image_row(axes, images: Sequence, positive: Sequence[bool], labels: Seq
 def plot_ap_vs_lambda(lams: Iterable[float], aps: Iterable[float], current: float | None = None,
                       ax=None, model: str | None = None):
     """AP (%) of one query as λ varies; the current λ marked (used by the explorer)."""
-    import matplotlib.pyplot as plt
-
     lams = np.asarray(list(lams), dtype=float)
     aps = 100 * np.asarray(list(aps), dtype=float)
     fig = None
@@ -458,3 +311,39 @@ def plot_ap_vs_lambda(lams: Iterable[float], aps: Iterable[float], current: floa
         fig.tight_layout(rect=(0, 0.06, 1, 1))
         stamp(fig, model)
     return ax
+
+
+# --------------------------------------------------------------------------------------------- recall
+def plot_recall(table: pd.DataFrame, title: str = "text↔image retrieval"):
+    """Grouped bars of R@K (both directions) and mR, one group per row of a :func:`recall_table`."""
+    cols = [c for c in table.columns if "R@" in c] + ["mR"]
+    fig, ax = plt.subplots(figsize=(1.1 * len(cols) + 2, 3.2))
+    width = 0.8 / max(1, len(table))
+    x = np.arange(len(cols))
+    for j, (label, row) in enumerate(table[cols].iterrows()):
+        bars = ax.bar(x + j * width, row.to_numpy(dtype=float), width, label=str(label))
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(x + width * (len(table) - 1) / 2, [c.replace("_", " ") for c in cols])
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_hybrid(table: pd.DataFrame, metric: str = "mR", title: str = "hybrid over λ"):
+    """``metric`` of the hybrid against λ per text encoder, with text→image (λ=0 end) as a dashed line."""
+    fig, ax = plt.subplots(figsize=(9.0, 3.6))
+    base = table[table.method == "text→image"].iloc[0]
+    model = str(base.text_encoder).rstrip("/").rsplit("/", 1)[-1]
+    ax.axhline(base[metric], ls="--", color="gray", label=f"text→image ({model})")
+    for (enc, norm), g in table[table.method == "hybrid"].groupby(["text_encoder", "norm"], sort=False):
+        g = g.sort_values("lambda")
+        ax.plot(g["lambda"], g[metric], marker="o", label=f"hybrid ({norm}), text-to-text with {enc}")
+    ax.set_xlabel("λ (0 = text→image, 1 = text-to-text)")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    return fig

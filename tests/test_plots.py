@@ -8,7 +8,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from rscir_kit import plots, reference  # noqa: E402
+from rscir_kit import analysis, plots, reference  # noqa: E402
 
 STANDIN = "local-dir:/somewhere/ucm-minilm-standin"
 ATTRS = ("color", "shape")
@@ -37,7 +37,7 @@ def test_model_label_marks_standin():
 
 
 def test_summary_to_wide_orders_rows_like_the_paper():
-    wide = plots.summary_to_wide(_summary())
+    wide = analysis.summary_to_wide(_summary())
     assert list(wide["method"]) == ["text", "image", "average", "weicom", "weicom", "weicom"]
     assert list(wide["lambda"].fillna(-1)) == [-1, -1, -1, 0.0, 0.5, 1.0]
     assert list(wide.columns) == ["method", "lambda", "color", "shape", "avg"]
@@ -45,13 +45,13 @@ def test_summary_to_wide_orders_rows_like_the_paper():
 
 
 def test_table2_no_paper_columns_outside_paper_setup():
-    t = plots.table2(plots.summary_to_wide(_summary()), model=STANDIN, dataset="ucmcom")
+    t = analysis.table2(analysis.summary_to_wide(_summary()), model=STANDIN, dataset="ucmcom")
     assert list(t.index) == ["Text", "Image", "Text & Image", "WeiCom (λ=0)", "WeiCom (λ=0.5)", "WeiCom (λ=1)"]
     assert list(t.columns) == ["color", "shape", "avg"]
 
 
 def test_table2_paper_numbers_beside_in_paper_setup():
-    t = plots.table2(plots.summary_to_wide(_summary()), model="hf-hub:chendelong/RemoteCLIP-ViT-L-14",
+    t = analysis.table2(analysis.summary_to_wide(_summary()), model="hf-hub:chendelong/RemoteCLIP-ViT-L-14",
                      dataset="patterncom")
     assert list(t.columns) == ["color", "color paper", "shape", "shape paper", "avg", "avg paper", "avg code"]
     assert t.loc["Text", "color paper"] == 10.75 and t.loc["Text & Image", "shape paper"] == 19.63
@@ -61,18 +61,18 @@ def test_table2_paper_numbers_beside_in_paper_setup():
 
 
 def test_ablation_and_best_lambda():
-    wide = plots.summary_to_wide(_summary())
-    abl = plots.ablation_frame(wide)
+    wide = analysis.summary_to_wide(_summary())
+    abl = analysis.ablation_frame(wide)
     assert list(abl.index) == [0.0, 0.5, 1.0] and list(abl.columns) == ["color", "shape", "avg"]
-    assert plots.best_lambda(abl) == 0.5
-    assert plots.best_lambdas(abl) == {"color": 0.5, "shape": 0.5, "avg": 0.5}
+    assert analysis.best_lambda(abl) == 0.5
+    assert analysis.best_lambdas(abl) == {"color": 0.5, "shape": 0.5, "avg": 0.5}
     tie = pd.DataFrame({"avg": [1.0, 2.0, 2.0]}, index=[0.0, 0.5, 1.0])
-    assert plots.best_lambda(tie) == 0.5  # ties → smallest λ
-    assert plots.best_lambda(reference.table3()) == 0.6
+    assert analysis.best_lambda(tie) == 0.5  # ties → smallest λ
+    assert analysis.best_lambda(reference.table3()) == 0.6
 
 
 def test_lambda_ablation_plot_marks_best():
-    abl = plots.ablation_frame(plots.summary_to_wide(_summary()))
+    abl = analysis.ablation_frame(analysis.summary_to_wide(_summary()))
     fig = plots.plot_lambda_ablation(abl, model=STANDIN, dataset="ucmcom", reference_table=reference.table3())
     ax_kit, ax_paper = fig.axes[:2]
     assert [l.get_xdata()[0] for l in ax_kit.lines if l.get_linestyle() == ":"] == [0.5]
@@ -85,7 +85,7 @@ def test_lambda_ablation_plot_marks_best():
 
 
 def test_plot_table2_draws_bars_and_paper_ticks():
-    wide = plots.summary_to_wide(_summary())
+    wide = analysis.summary_to_wide(_summary())
     fig = plots.plot_table2(wide, model="ViT-L-14:openai", dataset="patterncom")
     ax = fig.axes[0]
     assert len(ax.patches) == 6 * 3  # 6 methods × (2 attributes + avg)
@@ -129,23 +129,23 @@ def test_score_distributions_plot():
 
 
 def test_table2_selection_and_lambdas():
-    wide = plots.summary_to_wide(_summary())
-    assert plots.table2_lambdas(0.0, None, [0.0, 0.5, 1.0]) == [0.0, 0.5]
-    assert plots.table2_lambdas(1.0, "remoteclip-vit-l-14", [0.0, 0.5, 0.6, 1.0]) == [0.5, 0.6, 1.0]
-    sel = plots.table2_selection(wide, [0.5])
-    assert [plots.row_key(m, l) for m, l in zip(sel["method"], sel["lambda"])] == [
+    wide = analysis.summary_to_wide(_summary())
+    assert analysis.table2_lambdas(0.0, None, [0.0, 0.5, 1.0]) == [0.0, 0.5]
+    assert analysis.table2_lambdas(1.0, "remoteclip-vit-l-14", [0.0, 0.5, 0.6, 1.0]) == [0.5, 0.6, 1.0]
+    sel = analysis.table2_selection(wide, [0.5])
+    assert [analysis.row_key(m, l) for m, l in zip(sel["method"], sel["lambda"])] == [
         "text", "image", "average", "weicom@0.5"]
-    d = plots.wide_to_dict(sel)
+    d = analysis.wide_to_dict(sel)
     assert d["weicom@0.5"] == {"color": 40.0, "shape": 30.0, "avg": 35.0}
 
 
 def test_table3_layout():
-    abl = plots.ablation_frame(plots.summary_to_wide(_summary()))
-    t3 = plots.table3(abl)
+    abl = analysis.ablation_frame(analysis.summary_to_wide(_summary()))
+    t3 = analysis.table3(abl)
     assert list(t3.index) == ["color", "shape", "avg"]
     assert list(t3.columns) == ["λ=0", "λ=0.5", "λ=1", "best λ", "best mAP"]
     assert t3.loc["color", "best λ"] == 0.5 and t3.loc["avg", "best mAP"] == 35.0
-    paper = plots.table3(reference.table3())
+    paper = analysis.table3(reference.table3())
     assert paper.loc["color", "best λ"] == 0.1 and paper.loc["avg", "best λ"] == 0.6
 
 
@@ -165,13 +165,13 @@ def test_query_stats_and_archive_examples():
 def test_table3_difference():
     paper = reference.table3()
     kit = paper.loc[[0.0, 0.5, 1.0]] + 1.0
-    diff = plots.table3_difference(kit, paper)
+    diff = analysis.table3_difference(kit, paper)
     assert list(diff.columns) == ["λ=0", "λ=0.5", "λ=1"] and diff.index.name == "attribute"
     assert np.allclose(diff.to_numpy(), 1.0)
 
 
 def test_plot_table2_y_range_includes_paper_values():
-    wide = plots.summary_to_wide(_summary())  # kit values ≤ 40; RemoteCLIP paper values up to 43.68
+    wide = analysis.summary_to_wide(_summary())  # kit values ≤ 40; RemoteCLIP paper values up to 43.68
     wide.loc[:, ["color", "shape", "avg"]] /= 10
     fig = plots.plot_table2(wide, model="remoteclip-vit-l-14", dataset="patterncom")
     assert fig.axes[0].get_ylim()[1] >= 43.68

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 
 from rscir_kit.errors import DataError
-from rscir_kit.retrieval import (HFCaptioner, hybrid_scores, hybrid_sweep, i2t_ranks, max_over_descriptions,
-                                 oracle_split, recall_at, split_sentences, t2i_ranks, text_image_recall)
+from rscir_kit.captioners import HFCaptioner, split_sentences, zero_shot_descriptions
+from rscir_kit.retrieval import i2t_ranks, recall_at, t2i_ranks, text_image_recall
+from rscir_kit.text_to_text import hybrid_scores, hybrid_sweep, max_over_descriptions, oracle_split
 
 # 3 captions x 3 images; caption 0 -> image 0, caption 1 -> image 2, caption 2 -> image 1.
 SIM = np.array([[0.9, 0.1, 0.5],
@@ -140,7 +141,6 @@ class _FakeEncoder:
 
 
 def test_zero_shot_descriptions_pick_the_best_prompt():
-    from rscir_kit.retrieval import zero_shot_descriptions
 
     enc = _FakeEncoder({"an aerial image of sea.": [1, 0, 0], "an aerial image of road.": [0, 1, 0]}, 3)
     feats = np.array([[0.2, 0.9, 0.1], [0.8, 0.1, 0.0]])
@@ -154,7 +154,8 @@ def test_text_to_text_benchmark_on_a_tiny_set():
     from types import SimpleNamespace
 
     from rscir_kit.datasets.captions import CaptionSet
-    from rscir_kit.retrieval import beats_both, hybrid_summary, text_to_text_benchmark
+    from rscir_kit.analysis import beats_both, hybrid_summary
+    from rscir_kit.text_to_text import text_to_text_benchmark
 
     cs = CaptionSet("tiny", np.array(["sea01", "road01"]), np.array(["test"] * 2),
                     [["blue water", "the sea"], ["a grey road", "the road"]])
