@@ -9,10 +9,6 @@ class DataError(RscirError, ValueError):
     """Bad or missing input data (image, CSV row, unknown class, missing query...)."""
 
 
-class ParameterError(RscirError, ValueError):
-    """A bad parameter value (unknown method or benchmark, λ outside [0, 1], a malformed option...)."""
-
-
 class ModelMismatchError(RscirError, ValueError):
     """A feature file/cache was made by a different model or preprocessing than requested."""
 
