@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from . import __version__
 from .errors import RscirError
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    show = warnings.showwarning
+    warnings.showwarning = lambda msg, *a, **k: print(f"rscir-kit {args.command}: warning: {msg}", file=sys.stderr)
     try:
         return int(args.func(args) or 0)
     except RscirError as exc:
@@ -55,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rscir-kit {args.command}: interrupted; finished work is kept, run the same command again to resume.",
               file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = show
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -204,9 +204,38 @@ class Encoder:
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.embed_dim), np.float32)
+        warn_truncated(self.tokenizer, texts)
         outs = [self._run(self.model.encode_text, self.tokenizer(texts[i:i + batch_size]))
                 for i in range(0, len(texts), batch_size)]
         return np.concatenate(outs, 0)
+
+
+def truncated_texts(tokenizer, texts: Sequence[str]) -> list[int]:
+    """Positions of the texts longer than the tokenizer's context (it cuts them): open_clip's BPE tokenizer
+    (start + tokens + end > context_length) and Hugging Face tokenizers; [] for tokenizers it cannot inspect."""
+    ctx = getattr(tokenizer, "context_length", None)
+    if not ctx:
+        return []
+    if hasattr(tokenizer, "encode") and hasattr(tokenizer, "sot_token_id"):
+        return [i for i, t in enumerate(texts) if len(tokenizer.encode(t)) + 2 > ctx]
+    hf = getattr(tokenizer, "tokenizer", None)
+    if callable(hf):
+        clean = getattr(tokenizer, "clean_fn", None) or (lambda t: t)
+        ids = hf([clean(t) for t in texts], truncation=False, verbose=False)["input_ids"]
+        return [i for i, x in enumerate(ids) if len(x) > ctx]
+    return []
+
+
+def warn_truncated(tokenizer, texts: Sequence[str]) -> int:
+    """Warn (with the count and an example) when texts exceed the context and are cut; returns the count."""
+    cut = truncated_texts(tokenizer, texts)
+    if cut:
+        import warnings
+
+        warnings.warn(f"{len(cut)} of {len(texts)} texts are longer than the text encoder's context of "
+                      f"{tokenizer.context_length} tokens and were cut (e.g. {texts[cut[0]][:60]!r}...); words after "
+                      "the cut do not change their embedding. Shorten them", stacklevel=3)
+    return len(cut)
 
 
 def _probe_image():

@@ -237,6 +237,7 @@ def evaluate(queries: QuerySet, archive, texts=None, methods=("image", "text", "
                 values[block] = vals
             if col == "ap" or col.startswith("r@"):
                 values[empty] = 0.0 if on_empty == "zero" else np.nan
+            if not np.all(np.isnan(values) | ((values >= 0.0) & (values <= 1.0))): raise AssertionError(f"{col} outside [0, 1] for {method}: a bug, please report it")  # noqa: E701,E501
             frame[col] = values
         frames.append(frame)
     out = pd.concat(frames, ignore_index=True)

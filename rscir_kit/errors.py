@@ -23,3 +23,11 @@ class MissingDataError(DataError):
 
 class ParameterError(RscirError, ValueError):
     """A bad parameter value (λ outside [0, 1], unknown method or normalisation, bad option...)."""
+
+
+class OutputError(RscirError, OSError):
+    """An output cannot be written (disk full, read-only folder, no permission); the message names the path."""
+
+
+class BusyError(RscirError):
+    """Another run holds the lock of this output (extraction, index build); wait for it or choose another output."""

@@ -48,6 +48,39 @@ def _as_float32(x) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
 
 
+#: Rows whose L2 norm is further than this from 1 are renormalised (and counted) by every loader.
+UNIT_TOLERANCE = 1e-3
+
+
+def check_rows(feats: np.ndarray, meta: dict, source: str, names=None) -> np.ndarray:
+    """The one rule every feature loader applies to (N, d) embedding rows; returns the rows to use.
+
+    * a row with NaN/inf or of zero length is refused (DataError naming how many rows, the first row and its name);
+    * rows not of unit length (|‖x‖ - 1| > UNIT_TOLERANCE) are renormalised, with a warning naming how many were
+      off, and ``meta["renormalized"]`` records that count (0 is not recorded).
+    """
+    if feats.size == 0:
+        return feats
+    finite = np.isfinite(feats).all(axis=1)
+    norms = np.linalg.norm(np.where(finite[:, None], feats, 0), axis=1)
+    bad = ~finite | (norms == 0)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        label = f" ({names[first]})" if names is not None and len(names) > first else ""
+        raise DataError(f"{source}: {int(bad.sum())} of {len(feats)} feature rows contain NaN/inf or are all zero "
+                        f"(first: row {first}{label}); scores from them would be meaningless. Re-extract the file "
+                        "(rscir-kit extract --no-resume) or drop those rows")
+    off = np.abs(norms - 1.0) > UNIT_TOLERANCE
+    if off.any():
+        n_off = int(off.sum())
+        warnings.warn(f"{source}: {n_off} of {len(feats)} feature rows were not unit length (norms "
+                      f"{norms[off].min():.4g}..{norms[off].max():.4g}); renormalised (recorded in meta['renormalized'])",
+                      stacklevel=3)
+        feats = (feats / norms[:, None]).astype(np.float32)
+        meta["renormalized"] = int(meta.get("renormalized", 0)) + n_off
+    return feats
+
+
 def _describe(meta: dict) -> str:
     parts = [str(meta.get("model_name") or meta.get("model") or "unknown model")]
     for k in ("activation", "embed_dim", "dtype"):
@@ -95,6 +128,7 @@ class ImageFeatures:
     paths: np.ndarray
     labels: np.ndarray
     meta: dict = field(default_factory=dict)
+    origin: str = field(default="", repr=False, compare=False)  # the file it was read from (for messages)
 
     def __post_init__(self):
         self.feats = _as_float32(self.feats)
@@ -107,6 +141,7 @@ class ImageFeatures:
                             f"{len(self.labels)} labels: they must match")
         self.meta = dict(self.meta)
         self.meta.setdefault("kind", "image")
+        self.feats = check_rows(self.feats, self.meta, self.origin or "image features", self.paths)
 
     def __len__(self) -> int:
         return len(self.feats)
@@ -145,7 +180,7 @@ class ImageFeatures:
             kind = "a text feature file (use TextFeatures.load)" if "texts" in data.files else "not an image feature file"
             raise DataError(f"{path} lacks {sorted(missing)}: {kind}")
         meta = json.loads(str(data["meta"][()]))
-        return cls(data["feats"], data["paths"], data["labels"], meta)
+        return cls(data["feats"], data["paths"], data["labels"], meta, origin=str(path))
 
     @classmethod
     def _load_pickle(cls, path: Path, model: str | None, root=None) -> "ImageFeatures":
@@ -159,14 +194,10 @@ class ImageFeatures:
             raise DataError(f"{path} is not an official WeiCom feature pickle (needs a dict with keys feats, labels, "
                             f"paths; got {got})")
         feats = _as_float32(obj["feats"])
-        norms = np.linalg.norm(feats, axis=1) if feats.size else np.ones(0)
-        meta = {"kind": "image", "imported": "official pickle", "source": str(path), "date": _now(),
-                "n_images": int(len(feats)), "embed_dim": int(feats.shape[1]) if feats.ndim == 2 else None}
+        meta = {"kind": "image", "imported": "official pickle", "source": str(path),
+                "date": _now(), "n_images": int(len(feats)), "embed_dim": int(feats.shape[1]) if feats.ndim == 2 else None}
         if model:
             meta["model"] = meta["model_name"] = str(model)
-        if feats.size and not np.allclose(norms, 1.0, atol=1e-3):
-            feats = feats / np.maximum(norms[:, None], 1e-12)
-            meta["renormalized"] = True
         labels = obj["labels"]
         if hasattr(labels, "tolist"):
             labels = labels.tolist()
@@ -175,7 +206,7 @@ class ImageFeatures:
             prefix = str(root).replace("\\", "/").rstrip("/") + "/"
             paths = [p[len(prefix):] if p.startswith(prefix) else p for p in paths]
             meta["image_root"] = str(root)
-        return cls(feats, paths, list(labels), meta)
+        return cls(feats, paths, list(labels), meta, origin=str(path))
 
     def index_of(self, names: Sequence[str], by: str = "path") -> np.ndarray:
         """Row indices (int64, len(names)) of ``names`` matched by ``"path"``, ``"basename"`` or ``"stem"``.
@@ -239,6 +270,7 @@ class TextFeatures:
     texts: np.ndarray
     feats: np.ndarray
     meta: dict = field(default_factory=dict)
+    origin: str = field(default="", repr=False, compare=False)  # the file it was read from (for messages)
 
     def __post_init__(self):
         self.texts = _str_array(self.texts)
@@ -247,6 +279,7 @@ class TextFeatures:
             raise DataError(f"TextFeatures: {len(self.texts)} texts but feats of shape {self.feats.shape}")
         self.meta = dict(self.meta)
         self.meta.setdefault("kind", "text")
+        self.feats = check_rows(self.feats, self.meta, self.origin or "text features", self.texts)
         self._index = {t: i for i, t in enumerate(self.texts.tolist())}
 
     def __len__(self) -> int:
@@ -271,7 +304,7 @@ class TextFeatures:
         if missing:
             raise DataError(f"{path} lacks {sorted(missing)}: not a text feature file"
                             + (" (it holds image features: use ImageFeatures.load)" if "paths" in data.files else ""))
-        return cls(data["texts"], data["feats"], json.loads(str(data["meta"][()])))
+        return cls(data["texts"], data["feats"], json.loads(str(data["meta"][()])), origin=str(path))
 
     def lookup(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), d) float32 rows for ``texts``; DataError naming the texts that were not encoded."""

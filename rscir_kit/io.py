@@ -1,10 +1,18 @@
-"""Atomic file writes: a temp file in the target's folder, fsync, then ``os.replace``.
+"""Safe file I/O: atomic writes, output errors as one line, UTF-8 text reading, run locks and leftovers.
 
-Readers never see a half-written file, and an interrupted write leaves the previous file untouched.
+* Atomic writes: a temp file in the target's folder, fsync, then ``os.replace``. Readers never see a half-written
+  file, and an interrupted write leaves the previous file untouched.
+* :func:`output_errors`: a full disk, a read-only folder or a missing permission while writing becomes one
+  :class:`~rscir_kit.errors.OutputError` line naming the path ("disk full", "read-only", ...).
+* :func:`read_text`: UTF-8 (a leading byte-order mark is accepted); other encodings are refused naming the line.
+* :func:`run_lock`: a ``filelock`` lock beside an output, so two runs never write one output at once.
+* :func:`remove_temp_files`: the temp files an interrupted atomic write leaves behind (cleaned under the lock).
 """
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import hashlib
 import os
 import tempfile
@@ -12,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from .errors import DataError
+from .errors import BusyError, DataError, OutputError
 
 
 def _umask() -> int:
@@ -24,26 +32,131 @@ def _umask() -> int:
 _UMASK = _umask()
 
 
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def output_problem(exc: BaseException) -> str | None:
+    """"disk full", "read-only" or "permission denied" when ``exc`` is such a write failure, else None."""
+    if not isinstance(exc, OSError):
+        return None
+    if exc.errno in _DISK_FULL or "requested and" in str(exc) and "written" in str(exc):  # numpy's short write
+        return "disk full"
+    if exc.errno == errno.EROFS:
+        return "read-only file system"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return None
+
+
+@contextlib.contextmanager
+def output_errors(path, what: str = "output"):
+    """Turn a full disk / read-only folder / permission error inside the block into one OutputError line.
+
+    ``path``: the output being written (named in the message); other exceptions pass through unchanged.
+    """
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as exc:
+        problem = output_problem(exc)
+        if problem is None:
+            raise
+        hint = {"disk full": "free some space or write elsewhere",
+                "read-only file system": "write to a writable folder",
+                "permission denied": "write to a folder you can write to"}[problem]
+        raise OutputError(exc.errno, f"cannot write {what} {path}: {problem} ({exc.strerror or exc}); {hint}") \
+            from exc
+
+
+def check_output_path(path, kind: str = "file", option: str = "--out") -> Path:
+    """Refuse an output path of the wrong kind before any work: a folder where a file goes, or the reverse."""
+    path = Path(path)
+    if kind == "file" and path.is_dir():
+        raise DataError(f"{option} {path} is a folder; give a file name (e.g. {path / 'results.csv'})")
+    if kind == "dir" and path.exists() and not path.is_dir():
+        raise DataError(f"{option} {path} is a file; give a folder name (it will be created)")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise DataError(f"{option} {path}: {parent} is a file, not a folder")
+            break
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix: str | None = None):
     """Yield a temporary path beside ``path``; on success it atomically replaces ``path``.
 
     On an exception the temporary file is removed and ``path`` is left untouched. ``suffix``
     defaults to the target's suffix (numpy's ``savez`` appends ``.npz`` to names without it).
+    Full disks and read-only folders raise :class:`OutputError` (one line naming ``path``).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix if suffix is None else suffix,
-                               dir=path.parent)
-    os.close(fd)
+    if path.is_dir():
+        raise DataError(f"cannot write {path}: it is a folder; give a file name")
+    with output_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}", suffix=path.suffix if suffix is None else suffix,
+                                   dir=path.parent)
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+#: Follows the target's name in every temp file of :func:`atomic_path` (``.<name>.tmp-XXXX<suffix>``), so the
+#: leftovers of a killed write can be told apart from other files.
+TMP_MARK = ".tmp-"
+
+
+def remove_temp_files(path) -> list[Path]:
+    """Delete the temp files that killed atomic writes of ``path`` left beside it; returns what was removed.
+
+    Call it only while holding ``path``'s :func:`run_lock` (a live run's temp file looks the same).
+    """
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for f in path.parent.glob(f".{glob.escape(path.name)}{TMP_MARK}*"):
+        if f.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+                removed.append(f)
+    return removed
+
+
+def lock_path(path) -> Path:
+    """The lock file guarding output ``path``: ``.<name>.lock`` beside it (kept; filelock reuses it)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+@contextlib.contextmanager
+def run_lock(path, what: str = "run"):
+    """Hold the lock of output ``path`` for the block; BusyError at once if another process holds it."""
+    from filelock import FileLock, Timeout
+
+    path = Path(path)
+    lock_file = lock_path(path)
+    with output_errors(lock_file, "lock file"):
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(lock_file))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise BusyError(f"{path} is being written by another {what} right now (lock {lock_file} is held): wait "
+                            "for it to finish, or choose another output; its unfinished work is not touched") from None
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        yield
+    finally:
+        lock.release()
 
 
 def atomic_write(path, write: Callable, mode: str = "wb") -> Path:
@@ -54,6 +167,18 @@ def atomic_write(path, write: Callable, mode: str = "wb") -> Path:
             fh.flush()
             os.fsync(fh.fileno())
     return Path(path)
+
+
+def read_text(path, what: str = "file") -> str:
+    """Text of a UTF-8 file (a byte-order mark is dropped); DataError naming the line of a non-UTF-8 byte."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise DataError(f"{path}, line {line}: {what} is not UTF-8 (byte 0x{data[exc.start]:02x}); re-save it as "
+                        "UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
 
 
 def write_text_atomic(path, text: str) -> Path:

@@ -5,14 +5,16 @@ so one engine evaluates them all.
 """
 from __future__ import annotations
 
+import io
 import json
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .io import atomic_path
+from .io import atomic_path, read_text
 
 REQUIRED_COLUMNS = ("query_path", "text", "positive_id")
 
@@ -33,12 +35,14 @@ class QuerySet:
     positive_sets: list
     archive_paths: np.ndarray
     meta: dict = field(default_factory=dict)
+    checked: bool = field(default=False, repr=False, compare=False)  # quality warnings already given
 
     def __post_init__(self):
         missing = [c for c in REQUIRED_COLUMNS if c not in self.table.columns]
         if missing:
             raise ValueError(f"query table lacks column(s) {missing}; it needs {list(REQUIRED_COLUMNS)}")
         self.table = self.table.reset_index(drop=True)
+        self.table["positive_id"] = self.table["positive_id"].astype(np.int64)  # object dtype after empty concats
         self.archive_paths = np.asarray(self.archive_paths).astype(str)
         self.positive_sets = [np.unique(np.asarray(p, dtype=np.int64)) for p in self.positive_sets]
         ids = self.table["positive_id"].to_numpy()
@@ -48,6 +52,25 @@ class QuerySet:
         for k, p in enumerate(self.positive_sets):
             if len(p) and (p[0] < 0 or p[-1] >= n):
                 raise ValueError(f"positive set {k} has archive indices outside [0, {n})")
+        if not self.checked:
+            self.checked = True
+            self._warn_quality()
+
+    def _warn_quality(self) -> None:
+        """Warn (with counts) about pairs that score but mislead: empty texts and exact duplicate pairs."""
+        if not len(self.table):
+            return
+        text = self.table["text"].astype(str)
+        empty = text.str.strip() == ""
+        if empty.any():
+            warnings.warn(f"query set {self.name!r}: {int(empty.sum())} of {len(self)} pairs have an empty text "
+                          f"(e.g. row {int(np.flatnonzero(empty.to_numpy())[0])}); they are ranked by the empty "
+                          "string's embedding. Fix or drop those rows", stacklevel=3)
+        dup = self.table.astype(str).duplicated(keep="first")
+        if dup.any():
+            warnings.warn(f"query set {self.name!r}: {int(dup.sum())} of {len(self)} pairs are exact duplicates "
+                          f"(e.g. row {int(np.flatnonzero(dup.to_numpy())[0])}); each counts again in the mAP. "
+                          "Remove them for a clean benchmark", stacklevel=3)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -69,7 +92,7 @@ class QuerySet:
     def subset(self, rows) -> "QuerySet":
         """A QuerySet of the selected rows (bool mask or integer positions)."""
         table = self.table[rows] if np.asarray(rows).dtype == bool else self.table.iloc[rows]
-        return QuerySet(self.name, table.copy(), self.positive_sets, self.archive_paths, dict(self.meta))
+        return QuerySet(self.name, table.copy(), self.positive_sets, self.archive_paths, dict(self.meta), checked=True)
 
     def bind(self, archive_paths) -> "QuerySet":
         """Re-express the positive sets for another archive ordering (same images, any order)."""
@@ -83,7 +106,7 @@ class QuerySet:
             raise DataError(f"{len(missing)} positive image(s) of query set {self.name!r} are not in the archive, "
                             f"e.g. {missing[:3]}; extract features for the whole benchmark archive")
         sets = [np.array([lookup[str(self.archive_paths[j])] for j in p], dtype=np.int64) for p in self.positive_sets]
-        return QuerySet(self.name, self.table.copy(), sets, archive_paths, dict(self.meta))
+        return QuerySet(self.name, self.table.copy(), sets, archive_paths, dict(self.meta), checked=True)
 
     def summary(self, by=None) -> pd.DataFrame:
         """Pairs, distinct query images, distinct texts, and positives per group (a table)."""
@@ -107,12 +130,12 @@ class QuerySet:
     @classmethod
     def read_csv(cls, path, archive_paths) -> "QuerySet":
         """Read a file written by :meth:`to_csv` and bind it to ``archive_paths`` (DataError on unknown paths)."""
-        with open(path, encoding="utf-8") as fh:
-            first = fh.readline()
+        text = read_text(path, "query-set file")
+        first = text.split("\n", 1)[0]
         header = {}
         if first.startswith("# rscir-kit query set "):
             header = json.loads(first[len("# rscir-kit query set "):])
-        df = pd.read_csv(path, comment=None, skiprows=1 if header else 0, keep_default_na=False)
+        df = pd.read_csv(io.StringIO(text), comment=None, skiprows=1 if header else 0, keep_default_na=False)
         for col in ("query_path", "text", "positives"):
             if col not in df.columns:
                 raise DataError(f"{path}: column {col!r} missing; is this a query-set file written by rscir-kit?")

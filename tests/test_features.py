@@ -92,7 +92,7 @@ def test_official_pickle_is_read_and_marked(tmp_path):
         pickle.dump(obj, f)
     g = ImageFeatures.load(tmp_path / "official.pkl", model="remoteclip-vit-l-14")
     assert g.meta["imported"] == "official pickle" and g.meta["model_name"] == "remoteclip-vit-l-14"
-    assert g.meta["renormalized"] is True
+    assert g.meta["renormalized"] == 4
     np.testing.assert_allclose(g.feats, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-6)
     assert g.labels.tolist() == ["0", "0", "1", "1"]
     assert g.index_of(["b1.jpg", "a2.jpg"], by="basename").tolist() == [2, 1]

@@ -78,7 +78,12 @@ def register(subparsers) -> None:
 
 def _load(args):
     from ..features import ImageFeatures, TextFeatures
+    from ..io import check_output_path
 
+    for opt in ("out", "per_pair_out"):  # wrong outputs fail now, not after the evaluation
+        if getattr(args, opt, None):
+            check_output_path(getattr(args, opt), "file", "--" + opt.replace("_", "-"))
+    config.resolve_device(args.device or config.default_device())
     archive = ImageFeatures.load(args.features)
     query_features = ImageFeatures.load(args.query_features) if args.query_features else None
     if args.text_features:
@@ -109,19 +114,19 @@ def _run(args, queries, by) -> int:
     table = summary[["method", "lambda", by, "map"]].copy()
     table["lambda"] = [("" if lam != lam else f"{lam:g}") for lam in table["lambda"]]  # empty: no λ
     table["map"] = table["map"].round(4)
-    if args.out:
-        with atomic_path(args.out) as tmp:
-            table.to_csv(tmp, index=False)
-    if args.per_pair_out:
-        with atomic_path(args.per_pair_out) as tmp:
-            per_pair.to_csv(tmp, index=False)
     n_empty = per_pair.attrs.get("n_empty", 0)
     print(f"{queries.name}: {per_pair.attrs['n_pairs']} query pairs, archive of {per_pair.attrs['archive_size']} images, "
           f"model {per_pair.attrs.get('model')}; {n_empty} pairs without positives (on-empty={args.on_empty})")
     print("mAP (%)")
-    print(wide_table(summary, by=by).to_string(float_format=lambda v: f"{v:6.2f}"))
+    print(wide_table(summary, by=by).to_string(float_format=lambda v: f"{v:6.2f}"), flush=True)
+    # written after the table is shown: an unwritable --out costs the file, never the results
     if args.out:
+        with atomic_path(args.out) as tmp:
+            table.to_csv(tmp, index=False)
         print(f"wrote {args.out}")
+    if args.per_pair_out:
+        with atomic_path(args.per_pair_out) as tmp:
+            per_pair.to_csv(tmp, index=False)
     return 0
 
 

@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import DataError
+from ..io import read_text
 
 
 @dataclass
@@ -133,8 +134,7 @@ def _image_entries(data, source: str, expected: str):
     """(data dict, source name, its non-empty ``images`` list) from a dict or a JSON path."""
     if not isinstance(data, dict):
         source = source or str(data)
-        with open(data, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(read_text(data, "caption JSON"))
     entries = data.get("images")
     if not isinstance(entries, list) or not entries:
         raise DataError(f"{source}: no 'images' list; expected {expected}.")
@@ -152,11 +152,10 @@ def load_caption_set(path: str | os.PathLike, name: str | None = None, image_dir
         raise DataError(f"caption file {path} not found; download the caption set from its authors' page "
                         f"(RSICD/UCM/Sydney: github.com/201528014227051/RSICD_optimal; RSITMD: "
                         f"github.com/xiaoyuan1996/AMFMN) and pass the path of its dataset_*.json.")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: not valid JSON ({exc}).") from exc
+    try:
+        data = json.loads(read_text(path, "caption JSON"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}).") from exc
     if image_dir is None and (path.parent / "images").is_dir():
         image_dir = path.parent / "images"
     first = (data.get("images") or [{}])[0] if isinstance(data, dict) else {}

@@ -24,13 +24,16 @@ code drops them silently and misaligns its prompt list), and unknown classes are
 from __future__ import annotations
 
 import csv
+import io
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..errors import DataError, MissingDataError
+from ..io import read_text
 from ..queries import QuerySet
 from .patternnet import PATTERNNET_CLASSES
 
@@ -68,7 +71,7 @@ def read_attribute_csv(path) -> pd.DataFrame:
         raise MissingDataError(f"PatternCom file {path} not found; download PatternCom (see README) and pass its folder")
     known = set(PATTERNNET_CLASSES.values())
     rows = []
-    with open(path, newline="", encoding="utf-8") as fh:
+    with io.StringIO(read_text(path, "PatternCom CSV"), newline="") as fh:
         for line_no, row in enumerate(csv.reader(fh), start=1):
             if not row or all(not c.strip() for c in row):
                 continue
@@ -88,7 +91,16 @@ def read_attribute_csv(path) -> pd.DataFrame:
             rows.append((filename, attribute, value, cls, line_no))
     if not rows:
         raise DataError(f"{path} has no rows")
-    return pd.DataFrame(rows, columns=["filename", "attribute", "value", "class", "line"])
+    df = pd.DataFrame(rows, columns=["filename", "attribute", "value", "class", "line"])
+    dup = df.duplicated(["filename", "attribute", "value"], keep="first")
+    if dup.any():
+        first = df[~dup].set_index(["filename", "attribute", "value"])["line"]
+        examples = ", ".join(f"line {r.line} = line {first[(r.filename, r.attribute, r.value)]}"
+                             for r in df[dup].head(3).itertuples())
+        warnings.warn(f"{path}: {int(dup.sum())} duplicate row(s) ({examples}); each is a query of its own and is "
+                      "counted again in the mAP, as in the official code. Remove them for a clean benchmark",
+                      stacklevel=2)
+    return df
 
 
 def build_attribute_queries(rows: pd.DataFrame, attribute: str, archive_basenames: np.ndarray,
@@ -178,9 +190,16 @@ class PatternCom:
         for attribute in attributes or self.attributes:
             csv_path = self.root / f"{attribute}.csv"
             table, sets = build_attribute_queries(self.rows(attribute), attribute, basenames, missing, str(csv_path))
+            if table.empty:
+                warnings.warn(f"{csv_path}: no query pairs (every class group has a single {attribute} value, so there "
+                              "is no other value to ask for); the attribute is left out", stacklevel=2)
+                continue
             table["positive_id"] += len(all_sets)
             all_sets.extend(sets)
             tables.append(table)
+        if not tables:
+            raise DataError(f"{self.root}: no query pairs in {', '.join(a + '.csv' for a in attributes or self.attributes)}"
+                            " (each class group needs at least two values of its attribute)")
         table = pd.concat(tables, ignore_index=True)
         table.insert(0, "query_path", table.pop("query_basename").map(by_name))
         return QuerySet("PatternCom", table, all_sets, archive_paths,

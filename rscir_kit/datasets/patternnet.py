@@ -8,9 +8,11 @@ under ``$RSCIR_DATA`` and pass ``$RSCIR_DATA/PatternNet``.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from ..errors import DataError, MissingDataError
+from ..io import read_text
 
 #: class folder → the class prefix of its file names (``wastewater_treatment_plant`` → ``wastewaterplant``).
 PATTERNNET_CLASSES: dict[str, str] = {
@@ -63,7 +65,7 @@ class PatternNet:
 def read_filelist(path) -> list[tuple[str, str]]:
     """``class_dir,filename`` rows (header optional) → [(relative path, class_dir)]."""
     out = []
-    with open(path, newline="", encoding="utf-8") as fh:
+    with io.StringIO(read_text(path, "the PatternNet file list"), newline="") as fh:
         for line_no, row in enumerate(csv.reader(fh), start=1):
             if line_no == 1 and row[:2] == ["class_dir", "filename"]:
                 continue

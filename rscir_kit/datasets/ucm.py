@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import DataError, MissingDataError
 from ..io import download_file  # noqa: F401  (re-exported: datasets.ucm.download_file)
+from ..io import read_text
 
 UCM_CLASSES = (
     "agricultural", "airplane", "baseballdiamond", "beach", "buildings", "chaparral",
@@ -320,8 +321,7 @@ class UCMCaptions:
                     f"UCM-Captions link at {UCM_CAPTIONS_HOME}, unpack it and copy its dataset.json to "
                     f"{root_dir / 'dataset.json'}" + (" (download=True cannot do this step)." if download else "."))
         self.path = Path(path)
-        with open(self.path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(read_text(self.path, "caption JSON"))
         if data.get("images") and "filename" in data["images"][0]:
             cs = CaptionSet.from_karpathy(data, name="ucm-captions", source=str(self.path))
             names = [ucm_name_from_number(Path(n).stem) for n in cs.images]

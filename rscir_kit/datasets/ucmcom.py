@@ -16,6 +16,7 @@ without this code.
 """
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Sequence
@@ -24,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
-from ..io import atomic_path
+from ..io import atomic_path, read_text
 from .ucm import UCMMultiLabel, image_stem
 
 # name -> (add template, remove template); "{label}" is replaced by the label text (hyphen → space).
@@ -120,7 +121,7 @@ def load_groups(path: str | os.PathLike = PUBLISHED_CSV) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"UCM-Com query file {path} not found; build it with build_ucmcom() from the "
                         f"multi-label annotation instead.")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df = pd.read_csv(io.StringIO(read_text(path, "UCM-Com query file")), dtype=str, keep_default_na=False)
     missing = set(GROUP_COLUMNS) - set(df.columns)
     if missing:
         raise DataError(f"{path}: missing columns {sorted(missing)}; expected {GROUP_COLUMNS}.")

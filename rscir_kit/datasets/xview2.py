@@ -7,12 +7,14 @@ pre- and post-disaster images you have, then evaluate. Paths are matched by thei
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..errors import DataError
+from ..io import read_text
 from ..queries import QuerySet
 
 COLUMNS = ("image", "query_default", "query_alt1", "query_alt2", "target")
@@ -25,7 +27,7 @@ def read_xview2_csv(path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"xView2-CIR list {path} not found; it ships with the official WeiCom code "
                         "(github.com/billpsomas/rscir, xview2_cir.csv)")
-    with open(path, newline="", encoding="utf-8") as fh:
+    with io.StringIO(read_text(path, "the xView2-CIR list"), newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None or tuple(h.strip() for h in header) != COLUMNS:
