@@ -72,12 +72,12 @@ def resolve_device(device: str | None = "auto"):
 
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from .errors import RscirError
+    from .errors import ParameterError, RscirError
 
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError, TypeError):
-        raise RscirError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N (--device / $RSCIR_DEVICE)") from None
+        raise ParameterError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N (--device / $RSCIR_DEVICE)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RscirError(f"device {device!r} requested but CUDA is not available here (torch {torch.__version__}); "
                          "use auto or cpu (--device cpu, or unset RSCIR_DEVICE)")
