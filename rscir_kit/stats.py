@@ -189,7 +189,8 @@ def load_or_make_split(path, images, benchmark: str, fraction: float = 0.3, seed
 
 # ----------------------------------------------------------------------------------------- bootstrap
 def _image_codes(per_pair: pd.DataFrame, images) -> tuple[np.ndarray, np.ndarray]:
-    """(codes of each per-pair row's query image, the distinct image names) — images indexed by ``pair``."""
+    """(code of each per-pair row's query image, the distinct names of the images in the table); ``images`` is
+    indexed by ``pair``. Only images with a row in the table are resampled (e.g. the test side of a split)."""
     if hasattr(images, "table"):  # a QuerySet
         images = images.table["query_path"].to_numpy()
     images = np.asarray(images).astype(str)
@@ -197,8 +198,8 @@ def _image_codes(per_pair: pd.DataFrame, images) -> tuple[np.ndarray, np.ndarray
     if len(pairs) and (pairs.min() < 0 or pairs.max() >= len(images)):
         raise DataError(f"per-pair table refers to pair {int(pairs.max())}, but only {len(images)} query images "
                         "were given; pass the QuerySet the table was evaluated on")
-    names, codes = np.unique(images, return_inverse=True)
-    return codes[pairs], names
+    names, codes = np.unique(images[pairs], return_inverse=True)  # the images of the pairs in the table
+    return codes, names
 
 
 def bootstrap_counts(n_images: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:

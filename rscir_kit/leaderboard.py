@@ -1,0 +1,243 @@
+"""Method leaderboards with honest model selection: hyper-parameters chosen on the validation query images,
+mAP reported on the held-out test query images with bootstrap 95 % CIs (resampling query images).
+
+Input: the engine's per-pair table over *all* pairs for every candidate configuration (method string × λ) —
+one vectorised evaluation — and a :class:`~rscir_kit.stats.QuerySplit`. For every method family (the
+registry name: ``weicom``, ``slerp``, ``rrf``...; all its λ values and option strings are its candidates):
+
+1. **selected**: the candidate with the best validation score (mean over the groups of ``by``; ties → the
+   first candidate in table order, i.e. the smallest λ), reported on the test images;
+2. **oracle** (``oracle=True``): the candidate with the best *test* score, labelled "oracle (λ on test)" — an
+   upper bound, not a result, as the notebooks' best-λ rows always were.
+
+:func:`leaderboard` returns a :class:`Leaderboard`: the long table (one row per reported method and group:
+``map``, ``lo``, ``hi``), a wide display table (methods × groups, "45.2 [43.0, 47.5]", best in bold), the
+paired-bootstrap p-value of the best method against each other one, a CSV writer and a figure.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError, ParameterError
+from .stats import TEST, VALIDATION, QuerySplit, bootstrap_counts, bootstrap_map, paired_bootstrap
+
+AVG = "avg"
+
+
+def _label(method: str, lam) -> str:
+    from . import methods
+
+    try:
+        return methods.method_label(method, lam)
+    except Exception:  # a method string the registry does not know (e.g. options): label it plainly
+        if lam is None or (isinstance(lam, float) and math.isnan(lam)):
+            return str(method)
+        return f"{method} (λ={float(lam):g})"
+
+
+def family_of(method: str) -> str:
+    """The method family a candidate belongs to: its registry name (``"rrf:k=10"`` → ``"rrf"``)."""
+    return str(method).split(":")[0]
+
+
+def _score_table(per_pair, images, by, metric):
+    """Point mAP (%) per (method, λ[, group]) plus the mean over groups, without bootstrap."""
+    df = per_pair.assign(**{"lambda": per_pair["lambda"].astype(float)})
+    keys = ["method", "lambda"]
+    if by:
+        g = df.groupby(keys + [by], dropna=False, sort=False)[metric].mean().reset_index()
+        avg = g.groupby(keys, dropna=False, sort=False)[metric].mean().reset_index()
+    else:
+        avg = df.groupby(keys, dropna=False, sort=False)[metric].mean().reset_index()
+    return avg.rename(columns={metric: "score"})
+
+
+def _pick(scores: pd.DataFrame, families) -> dict:
+    """family → (method, λ) with the best score (first in table order on ties)."""
+    out = {}
+    for fam in families:
+        cand = scores[scores["method"].map(family_of) == fam]
+        if cand.empty:
+            continue
+        best = cand.iloc[int(np.nanargmax(cand["score"].to_numpy()))]
+        lam = None if pd.isna(best["lambda"]) else float(best["lambda"])
+        out[fam] = (best["method"], lam)
+    return out
+
+
+def _is_lam(x, lam):
+    if lam is None:
+        return x.isna()
+    return np.isclose(x.astype(float), lam)
+
+
+@dataclass
+class Leaderboard:
+    """Test-split mAP (%) with CIs of every method family, hyper-parameters chosen on validation."""
+
+    table: pd.DataFrame            # long: row, family, method, lambda, kind, <by>, map, lo, hi, se
+    by: str | None
+    selected: dict                 # family -> (method, λ) chosen on validation
+    oracle: dict                   # family -> (method, λ) best on test (upper bound)
+    validation_scores: pd.DataFrame
+    comparisons: pd.DataFrame      # best selected method vs each other: delta, lo, hi, p_value
+    meta: dict = field(default_factory=dict)
+
+    def wide(self, ci: bool = True, digits: int = 1) -> pd.DataFrame:
+        """Methods × groups (+ avg) as strings ``"45.2 [43.0, 47.5]"``; the best test value per column in
+        bold (``**…**``, Markdown) among the selected (non-oracle) rows."""
+        t = self.table
+        col = self.by or "all"
+        t = t.assign(_col=t[self.by] if self.by else "all")
+        cols = [c for c in dict.fromkeys(t["_col"]) if c != AVG] + ([AVG] if (t["_col"] == AVG).any() else [])
+        rows = list(dict.fromkeys(t["row"]))
+        out = pd.DataFrame(index=rows, columns=cols, dtype=object)
+        best = {c: t[(t["_col"] == c) & (t["kind"] == "selected")]["map"].max() for c in cols}
+        for rec in t.to_dict("records"):
+            text = f"{rec['map']:.{digits}f}" + (f" [{rec['lo']:.{digits}f}, {rec['hi']:.{digits}f}]" if ci else "")
+            if rec["kind"] == "selected" and np.isclose(rec["map"], best[rec["_col"]]):
+                text = f"**{text}**"
+            out.loc[rec["row"], rec["_col"]] = text
+        out.index.name = "method"
+        out.columns.name = col
+        return out
+
+    def to_markdown(self, ci: bool = True) -> str:
+        wide = self.wide(ci)
+        head = "| method | " + " | ".join(map(str, wide.columns)) + " |"
+        sep = "|---|" + "---|" * len(wide.columns)
+        body = ["| " + " | ".join([str(i)] + [str(v) for v in row]) + " |" for i, row in zip(wide.index, wide.values)]
+        return "\n".join([head, sep] + body)
+
+    def to_csv(self, path) -> Path:
+        """The long table (numbers, not strings) with the selection metadata in a ``#`` header line."""
+        import json
+
+        from .io import atomic_path
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", encoding="utf-8", newline="") as fh:
+                fh.write(f"# rscir-kit leaderboard {json.dumps(self.meta, default=str)}\n")
+                self.table.to_csv(fh, index=False, float_format="%.6g")
+        return path
+
+    def figure(self, model: str | None = None, config: str | None = None, column: str = AVG):
+        """Horizontal bars of the test mAP (``column``, default the mean over groups) with 95 % CI whiskers,
+        the validation-selected hyper-parameters in each label; oracle rows hatched; stamped with the model
+        label and ``config`` (the model configuration) on the figure."""
+        import matplotlib.pyplot as plt
+
+        from .plots import stamp
+
+        t = self.table if self.by is None else self.table[self.table[self.by] == column]
+        t = t.iloc[::-1]
+        fig, ax = plt.subplots(figsize=(8, 0.42 * len(t) + 1.6))
+        colors = ["#bbbbbb" if k == "oracle" else "#1f77b4" for k in t["kind"]]
+        ax.barh(np.arange(len(t)), t["map"], xerr=[t["map"] - t["lo"], t["hi"] - t["map"]], color=colors,
+                hatch=None, capsize=3, edgecolor="black", linewidth=0.5)
+        ax.set_yticks(np.arange(len(t)), t["row"], fontsize=8)
+        ax.set_xlabel(f"test mAP (%) {'(' + column + ')' if self.by else ''} with 95 % bootstrap CI over query images")
+        split = self.meta.get("split", {})
+        ax.set_title(f"{self.meta.get('benchmark', '')}: hyper-parameters chosen on {split.get('n_validation', '?')} "
+                     f"validation / reported on {split.get('n_test', '?')} test query images", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        fig.tight_layout(rect=(0, 0.04, 1, 1))
+        stamp(fig, model, config)
+        return fig
+
+
+def leaderboard(per_pair: pd.DataFrame, queries, split: QuerySplit, by: str | None = "attribute",
+                metric: str = "ap", families=None, oracle: bool = True, n_boot: int = 1000, seed: int = 0,
+                level: float = 0.95, compare: bool = True, meta: dict | None = None) -> Leaderboard:
+    """Choose each family's hyper-parameters on the validation images, report test mAP with CIs.
+
+    per_pair: the engine's table on *every* pair of ``queries`` (all candidates: methods × λ);
+    queries: the QuerySet (query images by ``pair``); split: the query-image split; by: the grouping of the
+    table's columns (``attribute`` for PatternCom, ``label``/``direction`` for UCM-Com, None: all pairs);
+    metric: ``ap`` or a per-pair column such as ``r@10`` (xView2-CIR); families: which families to report, in
+    this order (default: all, in table order).
+    """
+    if metric not in per_pair.columns:
+        raise ParameterError(f"metric {metric!r} is not a column of the per-pair table (columns: "
+                             f"{', '.join(map(str, per_pair.columns))}); evaluate with ks=(…) for R@k")
+    images = queries.table["query_path"].astype(str).to_numpy()
+    split.check(images)
+    side = split.side_of(images)
+    pair_side = side[per_pair["pair"].to_numpy()]
+    val, test = per_pair[pair_side == VALIDATION], per_pair[pair_side == TEST]
+    if val.empty or test.empty:
+        raise DataError("the split leaves no validation or no test pair in the per-pair table")
+    if families is None:
+        families = list(dict.fromkeys(per_pair["method"].map(family_of)))
+    v_scores = _score_table(val, images, by, metric)
+    t_scores = _score_table(test, images, by, metric)
+    chosen = _pick(v_scores, families)
+    best_test = _pick(t_scores, families) if oracle else {}
+
+    # one set of bootstrap weights over the test images: every CI and every paired test see the same replicates
+    reported = []
+    for fam in families:
+        if fam not in chosen:
+            continue
+        reported.append(("selected", fam, *chosen[fam]))
+        n_cand = int((v_scores["method"].map(family_of) == fam).sum())
+        if oracle and n_cand > 1:
+            reported.append(("oracle", fam, *best_test[fam]))
+    parts = []
+    for kind, fam, m, lam in reported:
+        rows = test[(test["method"] == m) & _is_lam(test["lambda"], lam)]
+        parts.append(rows.assign(method=f"{kind}|{fam}|{m}|{lam}", **{"lambda": np.nan}))
+    stacked = pd.concat(parts, ignore_index=True)
+    test_names = np.unique(images[test["pair"].unique()])
+    weights = bootstrap_counts(len(test_names), n_boot, seed)
+    ci = bootstrap_map(stacked, images, by=by, weights=weights, metric=metric, level=level)
+    keyed = ci["method"].str.split("|", expand=True)
+    keys = ci["method"].to_numpy()
+    ci = ci.drop(columns=["method", "lambda"])
+    ci.insert(0, "kind", keyed[0])
+    ci.insert(1, "family", keyed[1])
+    ci.insert(2, "method", keyed[2])
+    ci.insert(3, "lambda", [None if x == "None" else float(x) for x in keyed[3]])
+    n_cands = {fam: int((v_scores["method"].map(family_of) == fam).sum()) for fam in families}
+    labels = []
+    for kind, fam, m, lam in zip(ci["kind"], ci["family"], ci["method"], ci["lambda"]):
+        base = _label(m, lam)
+        if kind == "oracle":
+            base += " — oracle (λ on test)"
+        elif n_cands.get(fam, 1) > 1:
+            base += " — chosen on validation"
+        labels.append(base)
+    ci.insert(0, "row", labels)
+    ci["scale"] = "%"
+
+    comparisons = pd.DataFrame()
+    if compare and len(chosen) > 1:
+        mask = (ci["kind"] == "selected").to_numpy() & ((ci[by] == AVG).to_numpy() if by else True)
+        sel, sel_keys = ci[mask], keys[mask]
+        ib = int(np.argmax(sel["map"].to_numpy()))
+        rows = []
+        for j in range(len(sel)):
+            if j == ib:
+                continue
+            res = paired_bootstrap(stacked, images, (sel_keys[ib], None), (sel_keys[j], None), by=by, n_boot=n_boot,
+                                   seed=seed, level=level, metric=metric)
+            rows.append({"best": sel["row"].iat[ib], "other": sel["row"].iat[j], "delta": res["delta"],
+                         "lo": res["lo"], "hi": res["hi"], "p_value": res["p_value"]})
+        comparisons = pd.DataFrame(rows)
+    info = dict(meta or {})
+    info.update({"metric": metric, "by": by, "n_boot": n_boot, "seed": seed, "level": level,
+                 "resampled": "test query images",
+                 "split": {"benchmark": split.benchmark, "seed": split.seed, "fraction": split.fraction,
+                           "stratify": split.stratify, "images_digest": split.images_digest,
+                           "n_validation": len(split.validation), "n_test": len(split.test)},
+                 "selected": {f: list(v) for f, v in chosen.items()},
+                 "oracle": {f: list(v) for f, v in best_test.items()}})
+    info.setdefault("benchmark", split.benchmark)
+    return Leaderboard(ci, by, chosen, best_test, v_scores, comparisons, info)
