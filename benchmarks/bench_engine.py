@@ -10,7 +10,6 @@ is timed on a random sample of pairs and extrapolated. Not a test: timings are n
 from __future__ import annotations
 
 import argparse
-import csv
 import tempfile
 import time
 import warnings
@@ -20,9 +19,8 @@ import numpy as np
 import torch
 
 from rscir_kit.datasets.patterncom import PatternCom
-from rscir_kit.datasets.patternnet import PATTERNNET_CLASSES
+from rscir_kit.datasets.synthetic import synthetic_patterncom
 from rscir_kit.engine import evaluate, summarize
-from rscir_kit.features import ImageFeatures, TextFeatures
 from rscir_kit.metrics import average_precision
 from rscir_kit.normalization import weicom_upper_tail
 
@@ -42,36 +40,10 @@ SPEC = {
 
 
 def make_benchmark(root: Path, d: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    prefixes = PATTERNNET_CLASSES
-    paths, labels, values_of = [], [], {}
-    for cls in sorted(prefixes):
-        for i in range(1, 801):
-            paths.append(f"{cls}/{prefixes[cls]}{i:03d}.jpg")
-            labels.append(cls)
-    centers = {c: rng.standard_normal(d) for c in prefixes}
-    feats = np.empty((len(paths), d), np.float32)
-    texts = sorted({v for classes in SPEC.values() for vs in classes.values() for v in vs})
-    tvec = {t: rng.standard_normal(d) for t in texts}
-    for attribute, classes in SPEC.items():
-        with open(root / f"{attribute}.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            for cls, vals in classes.items():
-                for i in range(1, 801):
-                    name = f"{prefixes[cls]}{i:03d}.jpg"
-                    v = vals[rng.integers(len(vals))]
-                    values_of.setdefault(name, []).append(v)
-                    w.writerow([name, attribute, v])
-    for k, (p, c) in enumerate(zip(paths, labels)):
-        vec = centers[c] + 1.2 * rng.standard_normal(d)
-        for v in values_of.get(Path(p).name, []):
-            vec += 0.5 * tvec[v]
-        feats[k] = vec
-    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-    tf = np.stack([tvec[t] + 0.8 * rng.standard_normal(d) for t in texts]).astype(np.float32)
-    tf /= np.linalg.norm(tf, axis=1, keepdims=True)
-    meta = {"model": "synthetic-benchmark"}
-    return ImageFeatures(feats, paths, labels, meta), TextFeatures(texts, tf, meta)
+    """The paper's scale: 38 × 800 images, every image of a SPEC class a query row (the shared builder)."""
+    archive, texts, _ = synthetic_patterncom(root, images_per_class=800, rows_per_class=800, dim=d, spec=SPEC,
+                                             seed=seed, noise=1.2, text_signal=0.5, model="synthetic-benchmark")
+    return archive, texts
 
 
 def per_query_loop(queries, archive, texts, lambdas, sample):

@@ -25,6 +25,7 @@ from . import plots
 from .errors import DataError
 from .methods import check_lambda, weicom_rank_scores
 from .metrics import average_precision
+from .names import NameIndex
 from .normalization import normalize
 
 CURVE_LAMBDAS = tuple(round(0.05 * i, 2) for i in range(21))
@@ -92,7 +93,8 @@ class LambdaExplorer:
         self.loader = loader
         self.model = model or (getattr(archive, "meta", None) or {}).get("model")
         self.curve_lambdas = np.asarray([check_lambda(v) for v in curve_lambdas], dtype=float)
-        self._index = {p: i for i, p in enumerate(self.paths)}
+        self._index = NameIndex(self.paths, by="path")
+        self._stems = NameIndex(self.paths, by="stem")
         self._pairs: dict[tuple[str, str], int] = {}
         self._texts_of: dict[str, list[str]] = {}
         if self.queries is not None:
@@ -135,11 +137,9 @@ class LambdaExplorer:
                 raise DataError(f"query index {query} outside the archive [0, {len(self.paths)})")
             return int(query)
         key = str(query)
-        if key in self._index:
-            return self._index[key]
-        matches = [i for i, p in enumerate(self.paths) if Path(p).stem == Path(key).stem]
-        if len(matches) == 1:
-            return matches[0]
+        for index in (self._index, self._stems):  # the path, else the file stem (rscir_kit.names rule)
+            if key in index:
+                return int(index.positions([key])[0])
         raise DataError(f"query image {key!r} is not in the archive ({len(self.paths)} images, e.g. "
                         f"{self.paths[0]!r}); pick one of explorer.query_paths")
 

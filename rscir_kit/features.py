@@ -11,7 +11,6 @@ call after an interrupt only computes the missing chunks, and the result equals 
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 import warnings
@@ -26,6 +25,7 @@ import numpy as np
 from . import __version__
 from .errors import DataError, ModelMismatchError
 from .io import atomic_write
+from .names import match_names
 
 # Keys compared by check_same_model; STRICT_KEYS are added for resuming/reusing an extraction.
 MODEL_KEYS = ("model_name", "activation", "embed_dim", "image_size", "weights_bytes")
@@ -211,47 +211,11 @@ class ImageFeatures:
     def index_of(self, names: Sequence[str], by: str = "path") -> np.ndarray:
         """Row indices (int64, len(names)) of ``names`` matched by ``"path"``, ``"basename"`` or ``"stem"``.
 
-        Raises DataError listing the first missing names and how many are missing, or an ambiguous basename.
+        Raises DataError listing the first missing names and how many are missing, or an ambiguous name
+        (the duplicate rule of :mod:`rscir_kit.names`).
         """
-        if isinstance(names, str):
-            names = [names]
-        keys = _keys(self.paths, by)
-        table: dict[str, int] = {}
-        dupes: set[str] = set()
-        for i, k in enumerate(keys):
-            if k in table:
-                dupes.add(k)
-            else:
-                table[k] = i
-        query = _keys(names, by)
-        missing = [n for n, q in zip(names, query) if q not in table]
-        if missing:
-            raise DataError(f"{len(missing)} of {len(names)} names are not in the feature file "
-                            f"({self.meta.get('source') or self.meta.get('model_name', '')}, {len(self)} images, matched "
-                            f"by {by}): {', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}. "
-                            "Extract features for the same image collection, or match by='basename' if the paths "
-                            "differ only by folder.")
-        ambiguous = sorted({q for q in query if q in dupes})
-        if ambiguous:
-            raise DataError(f"{len(ambiguous)} names match several images by {by} (e.g. {ambiguous[:3]}); "
-                            "match by='path' instead")
-        return np.asarray([table[q] for q in query], dtype=np.int64)
-
-    def select(self, indices) -> "ImageFeatures":
-        """Rows ``indices`` as a new ImageFeatures (same meta, n_images updated)."""
-        idx = np.asarray(indices, dtype=np.int64)
-        meta = dict(self.meta, n_images=int(len(idx)))
-        return ImageFeatures(self.feats[idx], self.paths[idx], self.labels[idx], meta)
-
-
-def _keys(names, by: str) -> list[str]:
-    if by == "path":
-        return [str(n).replace("\\", "/") for n in names]
-    if by == "basename":
-        return [os.path.basename(str(n).replace("\\", "/")) for n in names]
-    if by == "stem":
-        return [os.path.splitext(os.path.basename(str(n).replace("\\", "/")))[0] for n in names]
-    raise DataError(f"by must be 'path', 'basename' or 'stem', got {by!r}")
+        source = self.meta.get("source") or self.meta.get("model_name", "")
+        return match_names(self.paths, names, by, what=f"feature file ({source}, {len(self)} images)")
 
 
 def _open_npz(path: Path):

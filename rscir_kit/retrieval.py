@@ -20,6 +20,7 @@ import pandas as pd
 
 from .errors import DataError, ParameterError
 from .features import check_same_model
+from .names import match_names
 from .text_encoders import encode_cached
 
 KS = (1, 5, 10)
@@ -163,10 +164,7 @@ def recall_table(results: dict, ks: Sequence[int] = KS) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------ benchmark drivers
 def image_rows(caption_set, image_features) -> np.ndarray:
     """(N,) rows of ``image_features`` (paths matched by file stem) for the images of ``caption_set``."""
-    from .datasets.ucm import image_stem, index_by_name
-
-    return index_by_name(image_features.paths, [image_stem(n) for n in caption_set.images],
-                         what="image feature file")
+    return match_names(image_features.paths, caption_set.images, by="stem", what="image feature file")
 
 
 def caption_retrieval(caption_set, image_features, encoder, ks: Sequence[int] = KS, batch_size: int = 256,

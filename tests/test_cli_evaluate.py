@@ -10,13 +10,13 @@ import pytest
 from rscir_kit.cli import main
 from rscir_kit.datasets.patterncom import ATTRIBUTES, PatternCom
 from rscir_kit.engine import evaluate, summarize
-from synthetic_patterncom import make_synthetic_patterncom
+from rscir_kit.datasets.synthetic import synthetic_patterncom
 
 
 @pytest.fixture(scope="module")
-def files(patternnet_filelist, tmp_path_factory):
+def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    archive, texts, pc_dir = make_synthetic_patterncom(patternnet_filelist, root / "PatternCom")
+    archive, texts, pc_dir = synthetic_patterncom(root / "PatternCom")
     archive.save(root / "feats.npz")
     texts.save(root / "text.npz")
     return root, archive, texts, pc_dir

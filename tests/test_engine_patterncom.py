@@ -19,7 +19,7 @@ from rscir_kit.engine import evaluate, summarize, wide_table
 from rscir_kit.errors import DataError, ModelMismatchError
 from rscir_kit.features import TextFeatures
 from rscir_kit.metrics import average_precision
-from synthetic_patterncom import SPEC, make_synthetic_patterncom
+from rscir_kit.datasets.synthetic import SPEC, synthetic_patterncom
 
 MERGE = {"denseresidential": "residential", "sparseresidential": "residential", "closedroad": "road",
          "intersection": "road", "bridge": "roadpass", "overpass": "roadpass", "ferryterminal": "pier",
@@ -30,8 +30,8 @@ PER_ATTRIBUTE_MERGE = {"density": ["denseresidential", "sparseresidential"], "sh
 
 
 @pytest.fixture(scope="module")
-def synthetic(patternnet_filelist, tmp_path_factory):
-    return make_synthetic_patterncom(patternnet_filelist, tmp_path_factory.mktemp("patterncom"))
+def synthetic(tmp_path_factory):
+    return synthetic_patterncom(tmp_path_factory.mktemp("patterncom"))
 
 
 def slow_reference(archive, text_feats, root, attribute, method, lam):

@@ -327,16 +327,16 @@ def test_06_explorer_two_lambdas_two_grids_and_exact_ap(executed):
 
 # ----------------------------------------------------------------------------- the paper's setup (synthetic)
 @pytest.mark.slow
-def test_patterncom_path_prints_the_paper_numbers_beside(tmp_path, patternnet_filelist):
+def test_patterncom_path_prints_the_paper_numbers_beside(tmp_path):
     """dataset="patterncom" end to end on a synthetic PatternNet (real file names, tiny images) with a tiny
     random model stored under a RemoteCLIP ViT-L/14 name: the notebooks take the paper-setup path."""
     from PIL import Image
 
     from _tiny_model import make_tiny_model_dir
-    from synthetic_patterncom import make_synthetic_patterncom
+    from rscir_kit.datasets.synthetic import synthetic_patterncom
 
     data = tmp_path / "data"
-    archive, _, _ = make_synthetic_patterncom(patternnet_filelist, data / "PatternCom")
+    archive, _, _ = synthetic_patterncom(data / "PatternCom")
     rng = np.random.default_rng(0)
     for path, label in zip(archive.paths, archive.labels):
         target = data / "PatternNet" / "images" / path

@@ -6,8 +6,9 @@ import pytest
 
 from rscir_kit.datasets.captions import CaptionSet, load_caption_set
 from rscir_kit.datasets.ucm import (UCM_CLASSES, UCM_LABELS, UCMCaptions, UCMImages, UCMMultiLabel, image_class,
-                                    index_by_name, ucm_name_from_number)
+                                    ucm_name_from_number)
 from rscir_kit.errors import DataError
+from rscir_kit.names import match_names
 
 
 def _write_labels(path, rows, labels=("cars", "trees")):
@@ -52,11 +53,11 @@ def test_ucm_number_mapping():
         ucm_name_from_number(2101)
 
 
-def test_index_by_name():
+def test_ucm_names_match_by_stem():
     paths = ["images/beach/beach01.jpg", "images/beach/beach00.tif"]
-    assert index_by_name(paths, ["beach00", "beach01"]).tolist() == [1, 0]
+    assert match_names(paths, ["beach00", "beach01"], by="stem").tolist() == [1, 0]
     with pytest.raises(DataError, match="beach07"):
-        index_by_name(paths, ["beach07"])
+        match_names(paths, ["beach07"], by="stem")
 
 
 KARPATHY = {"dataset": "rsitmd", "images": [

@@ -62,7 +62,7 @@ def register(subparsers) -> None:
     uc = bench.add_parser("ucmcom", help="UCM-Com composed queries on UC Merced (the offline benchmark)")
     _common(uc)
     uc.add_argument("--queries-file", default=None, metavar="CSV",
-                    help="UCM-Com group file (default: the published data/ucmcom_queries.csv)")
+                    help="UCM-Com group file (default: the published UCM-Com set shipped with the kit)")
     uc.add_argument("--template", default="with",
                     help="text template: a preset (label, with, aerial) or a format string with {label}")
     uc.add_argument("--by", default="attribute", choices=["attribute", "direction", "query_class"],

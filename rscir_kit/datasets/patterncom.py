@@ -14,7 +14,8 @@ Files: one CSV per attribute (``color.csv``, ``context.csv``, ...), rows ``filen
   (all ten merges together, :data:`GLOBAL_MERGE`);
 - AP over the full ranking per (query, prompt); mAP per attribute; Avg = mean of the attributes.
 
-Quirks kept for parity (documented, see README): archive images are matched by *basename*; when a
+Quirks kept for parity (documented, see README): archive images are matched by *basename* (a basename
+held by two archive paths is an error, the rule of :mod:`rscir_kit.names`); when a
 filename appears in several rows of one CSV, its *last* row decides its value for relevance (as the
 official filename→row map does); the query image itself stays in the ranking (it is never relevant,
 its value differs from the prompt); pairs without positives count as AP 0 (``on_empty='zero'``).
@@ -34,6 +35,7 @@ import pandas as pd
 
 from ..errors import DataError, MissingDataError
 from ..io import read_text
+from ..names import NameIndex
 from ..queries import QuerySet
 from .patternnet import PATTERNNET_CLASSES
 
@@ -103,16 +105,16 @@ def read_attribute_csv(path) -> pd.DataFrame:
     return df
 
 
-def build_attribute_queries(rows: pd.DataFrame, attribute: str, archive_basenames: np.ndarray,
+def build_attribute_queries(rows: pd.DataFrame, attribute: str, archive: NameIndex,
                             missing: str = "error", source: str = "") -> tuple[pd.DataFrame, list[np.ndarray]]:
-    """Query pairs and positive sets of one attribute's rows (see module doc)."""
+    """Query pairs and positive sets of one attribute's rows (see module doc); ``archive``: the archive
+    paths as a :class:`~rscir_kit.names.NameIndex` by basename."""
     merges = CLASS_MERGES.get(attribute, {})
     group = rows["class"].map(lambda c: merges.get(c, c))
     gclass = rows["class"].map(lambda c: GLOBAL_MERGE.get(c, c))
 
-    index = {}
-    for i, name in enumerate(archive_basenames):
-        index.setdefault(name, i)
+    names = rows["filename"].drop_duplicates()
+    index = {f: int(i) for f, i in zip(names, archive.positions(names, missing="skip")) if i >= 0}
     in_archive = rows["filename"].map(lambda f: f in index)
     if not in_archive.all():
         absent = rows.loc[~in_archive, ["filename", "line"]]
@@ -182,14 +184,11 @@ class PatternCom:
         leaves such rows out (their images still count as relevant only if present).
         """
         archive_paths = np.asarray(archive_paths).astype(str)
-        basenames = np.array([Path(p).name for p in archive_paths])
-        by_name = {}
-        for p, b in zip(archive_paths, basenames):
-            by_name.setdefault(b, p)
+        archive = NameIndex(archive_paths, by="basename", what="archive")
         tables, all_sets = [], []
         for attribute in attributes or self.attributes:
             csv_path = self.root / f"{attribute}.csv"
-            table, sets = build_attribute_queries(self.rows(attribute), attribute, basenames, missing, str(csv_path))
+            table, sets = build_attribute_queries(self.rows(attribute), attribute, archive, missing, str(csv_path))
             if table.empty:
                 warnings.warn(f"{csv_path}: no query pairs (every class group has a single {attribute} value, so there "
                               "is no other value to ask for); the attribute is left out", stacklevel=2)
@@ -201,6 +200,7 @@ class PatternCom:
             raise DataError(f"{self.root}: no query pairs in {', '.join(a + '.csv' for a in attributes or self.attributes)}"
                             " (each class group needs at least two values of its attribute)")
         table = pd.concat(tables, ignore_index=True)
-        table.insert(0, "query_path", table.pop("query_basename").map(by_name))
+        names = table.pop("query_basename")
+        table.insert(0, "query_path", archive_paths[archive.positions(names)] if len(names) else names)
         return QuerySet("PatternCom", table, all_sets, archive_paths,
                         {"protocol": "official WeiCom evaluate.py (see rscir_kit.datasets.patterncom)"})

@@ -7,12 +7,10 @@ under ``$RSCIR_DATA`` and pass ``$RSCIR_DATA/PatternNet``.
 """
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 from ..errors import DataError, MissingDataError
-from ..io import read_text
+from ..imagesets import IMAGE_EXTENSIONS
 
 #: class folder → the class prefix of its file names (``wastewater_treatment_plant`` → ``wastewaterplant``).
 PATTERNNET_CLASSES: dict[str, str] = {
@@ -51,7 +49,7 @@ class PatternNet:
             if not folder.is_dir():
                 raise DataError(f"PatternNet class folder {folder} is missing; re-extract PatternNet.zip")
             for f in sorted(folder.iterdir()):
-                if f.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff"):
+                if f.suffix.lower() in IMAGE_EXTENSIONS:
                     self.image_paths.append(f"{cls}/{f.name}")
                     self.labels.append(cls)
 
@@ -60,18 +58,3 @@ class PatternNet:
 
     def __iter__(self):
         return iter(zip(self.image_paths, self.labels))
-
-
-def read_filelist(path) -> list[tuple[str, str]]:
-    """``class_dir,filename`` rows (header optional) → [(relative path, class_dir)]."""
-    out = []
-    with io.StringIO(read_text(path, "the PatternNet file list"), newline="") as fh:
-        for line_no, row in enumerate(csv.reader(fh), start=1):
-            if line_no == 1 and row[:2] == ["class_dir", "filename"]:
-                continue
-            if len(row) != 2:
-                raise DataError(f"{path}, line {line_no}: expected 'class_dir,filename', got {row!r}")
-            if row[0] not in PATTERNNET_CLASSES:
-                raise DataError(f"{path}, line {line_no}: unknown PatternNet class folder {row[0]!r}")
-            out.append((f"{row[0]}/{row[1]}", row[0]))
-    return out

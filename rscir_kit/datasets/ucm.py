@@ -23,8 +23,10 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import DataError, MissingDataError
+from ..imagesets import IMAGE_EXTENSIONS
 from ..io import download_file  # noqa: F401  (re-exported: datasets.ucm.download_file)
 from ..io import read_text
+from ..names import match_names, name_key
 
 UCM_CLASSES = (
     "agricultural", "airplane", "baseballdiamond", "beach", "buildings", "chaparral",
@@ -47,7 +49,6 @@ UCM_LABELS = (
     "mobile-home", "pavement", "sand", "sea", "ship", "tanks", "trees", "water",
 )
 IMAGES_PER_CLASS = 100
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
 UCM_IMAGES_URL = "http://weegee.vision.ucmerced.edu/datasets/UCMerced_LandUse.zip"
 # MD5 of UCMerced_LandUse.zip as published by torchgeo for its mirror of the same archive. We have
@@ -71,34 +72,6 @@ def image_class(name: str) -> str:
     """Class of a UCM image name: the prefix before the trailing digits (``airplane07`` → ``airplane``)."""
     stem = Path(str(name)).stem
     return stem.rstrip("0123456789")
-
-
-def image_stem(path: str) -> str:
-    """Image name of a path or name (``images/airplane/airplane07.jpg`` → ``airplane07``)."""
-    return Path(str(path)).stem
-
-
-def index_by_name(archive_paths: Sequence[str], names: Iterable[str], what: str = "archive") -> np.ndarray:
-    """Indices (int64) of image ``names`` in ``archive_paths``, matched by file stem.
-
-    Raises DataError naming the missing names (and the duplicated stems, which make matching ambiguous).
-    """
-    stems = [image_stem(p) for p in archive_paths]
-    lookup: dict[str, int] = {}
-    dups = set()
-    for i, s in enumerate(stems):
-        if s in lookup:
-            dups.add(s)
-        lookup[s] = i
-    names = list(names)
-    missing = [n for n in names if n not in lookup]
-    if missing:
-        raise DataError(f"{len(missing)} image(s) not found in the {what} ({len(stems)} paths), e.g. "
-                        f"{missing[:5]}; use features extracted from the full UCM image folder.")
-    bad = sorted(dups.intersection(names))
-    if bad:
-        raise DataError(f"image names {bad[:5]} occur more than once in the {what}; names must be unique.")
-    return np.asarray([lookup[n] for n in names], dtype=np.int64)
 
 
 # --------------------------------------------------------------------------------------------- download
@@ -136,7 +109,7 @@ class UCMImages:
         paths = sorted(p.relative_to(image_dir).as_posix() for p in image_dir.glob("*/*")
                        if p.suffix.lower() in IMAGE_EXTENSIONS)
         self.paths = np.asarray(paths, dtype=str)
-        self.names = np.asarray([image_stem(p) for p in paths], dtype=str)
+        self.names = np.asarray([name_key(p, "stem") for p in paths], dtype=str)
         self.classes = np.asarray([p.split("/")[0] for p in paths], dtype=str)
         if strict:
             self.check()
@@ -176,7 +149,7 @@ class UCMImages:
 
     def path_of(self, names: Iterable[str]) -> np.ndarray:
         """Relative paths (str) of image names; DataError on an unknown name."""
-        return self.paths[index_by_name(self.paths, names, what=f"images under {self.image_dir}")]
+        return self.paths[match_names(self.paths, names, by="stem", what=f"images under {self.image_dir}")]
 
 
 # ------------------------------------------------------------------------------------------ multilabels
@@ -230,7 +203,7 @@ class UCMMultiLabel:
             values = [f.strip() for f in fields[1:]]
             if any(v not in ("0", "1") for v in values):
                 raise DataError(f"{path}:{lineno}: label values must be 0 or 1, got {values}.")
-            names.append(image_stem(fields[0].strip()))
+            names.append(name_key(fields[0].strip(), "stem"))
             rows.append([v == "1" for v in values])
         if len(set(names)) != len(names):
             dup = sorted({n for n in names if names.count(n) > 1})
@@ -280,7 +253,7 @@ class UCMMultiLabel:
         return df.groupby("class").sum()
 
     def labels_of(self, name: str) -> list[str]:
-        i = index_by_name(self.names, [name], what=f"annotation {self.path}")[0]
+        i = match_names(self.names, [name], by="stem", what=f"annotation {self.path}")[0]
         return [lab for lab, on in zip(self.labels, self.matrix[i]) if on]
 
 

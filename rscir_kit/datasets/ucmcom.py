@@ -10,12 +10,14 @@ Query and positive sets are disjoint, so a query never retrieves itself as a pos
 template parameter (:data:`TEMPLATES`). With the real annotation (min_count 5) there are 80 groups
 (class, label) and 8,000 query pairs (100 per group: every image of C is a query in one direction).
 
-The query set is published as ``data/ucmcom_queries.csv`` (one row per group: class, label and the
+The query set is published as ``rscir_kit/data/ucmcom_queries.csv`` (package data, read with
+:mod:`importlib.resources`, so installed wheels carry it) (one row per group: class, label and the
 space-separated image names with and without the label; see :func:`save_groups`), so it can be reused
 without this code.
 """
 from __future__ import annotations
 
+import importlib.resources
 import io
 import os
 from pathlib import Path
@@ -26,7 +28,9 @@ import pandas as pd
 
 from ..errors import DataError
 from ..io import atomic_path, read_text
-from .ucm import UCMMultiLabel, image_stem
+from ..names import NameIndex, name_key
+from ..queries import QuerySet
+from .ucm import UCMMultiLabel
 
 # name -> (add template, remove template); "{label}" is replaced by the label text (hyphen → space).
 TEMPLATES = {
@@ -34,7 +38,8 @@ TEMPLATES = {
     "with": ("with {label}", "without {label}"),
     "aerial": ("an aerial image with {label}", "an aerial image without {label}"),
 }
-PUBLISHED_CSV = Path(__file__).resolve().parents[2] / "data" / "ucmcom_queries.csv"
+#: The published query set (package data: present in every installed copy, editable or wheel).
+PUBLISHED_CSV = importlib.resources.files("rscir_kit") / "data" / "ucmcom_queries.csv"
 GROUP_COLUMNS = ["query_class", "label", "n_with", "n_without", "with_label", "without_label"]
 
 
@@ -72,13 +77,6 @@ def resolve_template(template: str | tuple = "with {label}", remove_template: st
     return add, rem
 
 
-def template_name(template, remove_template=None) -> str:
-    """Short label of a template choice for tables (preset name or the add template)."""
-    if isinstance(template, str) and template in TEMPLATES and remove_template is None:
-        return template
-    return " / ".join(resolve_template(template, remove_template))
-
-
 def ucmcom_groups(multilabels: UCMMultiLabel, min_count: int = 5) -> pd.DataFrame:
     """The UCM-Com groups: one row per (class, label) with >= ``min_count`` images with and without it.
 
@@ -104,7 +102,7 @@ def ucmcom_groups(multilabels: UCMMultiLabel, min_count: int = 5) -> pd.DataFram
     return pd.DataFrame(rows, columns=GROUP_COLUMNS)
 
 
-def save_groups(groups: pd.DataFrame, path: str | os.PathLike = PUBLISHED_CSV) -> Path:
+def save_groups(groups: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write the groups as CSV (image names space-separated); atomic (temp file + replace)."""
     path = Path(path)
     out = groups[GROUP_COLUMNS].copy()
@@ -116,7 +114,11 @@ def save_groups(groups: pd.DataFrame, path: str | os.PathLike = PUBLISHED_CSV) -
 
 
 def load_groups(path: str | os.PathLike = PUBLISHED_CSV) -> pd.DataFrame:
-    """Read a published UCM-Com CSV back into the groups table; DataError naming the row on bad content."""
+    """Read a published UCM-Com CSV back into the groups table; DataError naming the row on bad content.
+    ``path``: a file, or the package resource :data:`PUBLISHED_CSV`."""
+    if not isinstance(path, (str, os.PathLike)):  # a package resource (importlib.resources)
+        with importlib.resources.as_file(path) as real:
+            return load_groups(real)
     path = Path(path)
     if not path.is_file():
         raise DataError(f"UCM-Com query file {path} not found; build it with build_ucmcom() from the "
@@ -147,24 +149,15 @@ def queryset_from_groups(groups: pd.DataFrame, archive_paths: Sequence[str], tem
     One positive set per (group, direction); table columns: query_path, query_name, text, positive_id,
     attribute (= label), label, direction, query_class.
     """
-    from ..queries import QuerySet
-
     if missing not in ("error", "drop"):
         raise DataError(f"missing must be 'error' or 'drop', got {missing!r}.")
     add_t, rem_t = resolve_template(template, remove_template)
     archive_paths = np.asarray([str(p) for p in archive_paths], dtype=str)
-    lookup: dict[str, int] = {}
-    for i, p in enumerate(archive_paths):
-        s = image_stem(p)
-        if s in lookup:
-            raise DataError(f"archive image name {s!r} occurs twice ({archive_paths[lookup[s]]}, {p}).")
-        lookup[s] = i
-    if missing == "error":
-        absent = sorted({n for col in ("with_label", "without_label") for names in groups[col] for n in names
-                         if n not in lookup})
-        if absent:
-            raise DataError(f"{len(absent)} UCM-Com image(s) are not in the archive ({len(archive_paths)} paths), "
-                            f"e.g. {absent[:5]}; extract features for all UCM images or pass missing='drop'.")
+    index = NameIndex(archive_paths, by="stem", what=f"archive ({len(archive_paths)} paths)")
+    names = sorted({n for col in ("with_label", "without_label") for ns in groups[col] for n in ns})
+    # missing="error": DataError naming the absent images; ambiguous names raise either way (names.py rule)
+    found = index.positions(names, missing="error" if missing == "error" else "skip")
+    lookup = {n: int(i) for n, i in zip(names, found) if i >= 0}
     rows, positive_sets = [], []
     for g in groups.itertuples(index=False):
         for direction, queries, positives, tmpl in (("add", g.without_label, g.with_label, add_t),
@@ -177,7 +170,7 @@ def queryset_from_groups(groups: pd.DataFrame, archive_paths: Sequence[str], tem
             pid = len(positive_sets)
             positive_sets.append(p_idx)
             for qi in q_idx:
-                rows.append((archive_paths[qi], image_stem(archive_paths[qi]), text, pid, g.label, g.label,
+                rows.append((archive_paths[qi], name_key(archive_paths[qi], "stem"), text, pid, g.label, g.label,
                              direction, g.query_class))
     if not rows:
         raise DataError("no UCM-Com query left after matching images to the archive.")

@@ -2,7 +2,8 @@
 
 CSV columns ``image,query_default,query_alt1,query_alt2,target`` (291 queries). Images come from the
 xView2 challenge data (https://xview2.org, registration required): extract features for the
-pre- and post-disaster images you have, then evaluate. Paths are matched by their basename.
+pre- and post-disaster images you have, then evaluate. Paths are matched by their basename
+(:mod:`rscir_kit.names`: a basename held by two paths is an error).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pandas as pd
 
 from ..errors import DataError
 from ..io import read_text
+from ..names import NameIndex
 from ..queries import QuerySet
 
 COLUMNS = ("image", "query_default", "query_alt1", "query_alt2", "target")
@@ -58,19 +60,20 @@ def xview2_queries(csv_path, archive_paths, query_paths=None, text_columns=("que
         if col not in TEXT_COLUMNS:
             raise DataError(f"unknown text column {col!r}; choose from {', '.join(TEXT_COLUMNS)}")
     archive_paths = np.asarray(archive_paths).astype(str)
-    by_name = {Path(p).name: i for i, p in enumerate(archive_paths)}
-    q_names = {Path(p).name: p for p in (archive_paths if query_paths is None else np.asarray(query_paths).astype(str))}
-    missing = [(Path(t).name, ln) for t, ln in zip(rows["target"], rows["line"]) if Path(t).name not in by_name]
-    missing += [(Path(q).name, ln) for q, ln in zip(rows["image"], rows["line"]) if Path(q).name not in q_names]
+    query_paths = archive_paths if query_paths is None else np.asarray(query_paths).astype(str)
+    targets = NameIndex(archive_paths, by="basename", what="archive").positions(rows["target"], missing="skip")
+    queries = NameIndex(query_paths, by="basename", what="query feature file").positions(rows["image"], missing="skip")
+    missing = [(Path(t).name, ln) for t, ln, i in zip(rows["target"], rows["line"], targets) if i < 0]
+    missing += [(Path(q).name, ln) for q, ln, i in zip(rows["image"], rows["line"], queries) if i < 0]
     if missing:
         raise DataError(f"{csv_path}: {len(missing)} image(s) not in the feature files, e.g. "
                         + ", ".join(f"{n} (line {ln})" for n, ln in missing[:5])
                         + "; extract features for the pre- and post-disaster images of the list")
     records, sets = [], []
-    for r in rows.itertuples(index=False):
-        sets.append(np.array([by_name[Path(r.target).name]], dtype=np.int64))
+    for r, t, q in zip(rows.itertuples(index=False), targets, queries):
+        sets.append(np.array([t], dtype=np.int64))
         for col in text_columns:
-            records.append((q_names[Path(r.image).name], getattr(r, col), len(sets) - 1, disaster_of(r.image), col,
+            records.append((query_paths[q], getattr(r, col), len(sets) - 1, disaster_of(r.image), col,
                             r.line))
     table = pd.DataFrame(records, columns=["query_path", "text", "positive_id", "disaster", "text_column", "line"])
     return QuerySet("xView2-CIR", table, sets, archive_paths, {"source": str(csv_path)})
