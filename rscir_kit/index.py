@@ -555,6 +555,12 @@ class ArchiveIndex:
             frames.append(df)
         return pd.concat(frames, ignore_index=True)
 
+    def search_method(self, method: str, image_feat, text_feat, lam: float = 0.5, k: int = 20, mode: str = "exact",
+                      **options) -> SearchResult:
+        """Exact top-k of another composition method (average, feature-sum, slerp, zscore-sum, minmax-sum,
+        harris, rrf, weicom) by the cheapest strategy its math allows: see :func:`search_method`."""
+        return search_method(self, method, image_feat, text_feat, lam=lam, k=k, mode=mode, **options)
+
     def _ivf(self):
         """(IVF index, centroids (nlist, d) float32) when the fast index is a plain IVF; else (None, None)."""
         if not hasattr(self, "_ivf_cache"):
@@ -772,3 +778,302 @@ def read_features(path):
     from .features import ImageFeatures
 
     return ImageFeatures.load(path)
+
+
+# ----------------------------------------------------------------------------------------- any method
+# Archive-scale search with the kit's other composition methods (rscir_kit.compose). Each method is answered
+# by the cheapest strategy its math allows, and the result says which (``info["strategy"]``):
+#
+#   single-vector      average, feature-sum, slerp: one composed query q → one flat search, re-scored exactly
+#   linear             zscore-sum: Σ_k w_k (x·q_k − μ_k)/σ_k = x·(Σ_k w_k q_k/σ_k) + const, μ/σ from the stored
+#                      moments → one flat search (exact top-k)
+#   threshold          weicom (ArchiveIndex.search), minmax-sum, harris: Fagin's TA over the image and text
+#                      lists with random access to the stored rows; the bound for unseen items is the score's
+#                      supremum over the unseen box (monotone fusions: the score at the list thresholds;
+#                      Harris: compose.harris_box_max)
+#   rank-threshold     rrf: a no-random-access TA over the two exactly ranked list prefixes (an item's rank is
+#                      known once its similarity is above everything not fetched)
+#
+# "Exact" means: the top-k of the brute-force scores over the stored float16 rows in float64 (``method_scan``),
+# ties by the lower archive index. FAISS's float32 list scores enter only through bounds widened by the float32
+# rounding bound (``ArchiveIndex._margin``), so they can never cut a list short.
+METHOD_STRATEGIES = {"average": "single-vector", "feature-sum": "single-vector", "slerp": "single-vector",
+                     "zscore-sum": "linear", "weicom": "threshold", "minmax-sum": "threshold",
+                     "harris": "threshold", "rrf": "rank-threshold"}
+
+
+@dataclass
+class _Plan:
+    """What a method needs from the archive: query vectors with offsets (similarity s_j = x·q_j + c_j) and the
+    score of given similarity columns."""
+
+    vectors: np.ndarray            # (M, d) float64
+    offsets: np.ndarray            # (M,) float64
+    score: object                  # callable: (sims (n, M) float64) -> (n,) float64, higher = better
+    bound: object = None           # callable: (upper (M,), lower (M,)) -> float, sup of score over the box
+
+
+def _lam_of(lam) -> float:
+    from .methods import check_lambda
+
+    return check_lambda(lam)
+
+
+def _method_plan(index: "ArchiveIndex", method: str, qi, qt, lam, opts: dict, extremes=None) -> _Plan:
+    from . import compose
+
+    v = qi.astype(np.float64)
+    w = qt.astype(np.float64)
+    if method in ("average", "feature-sum", "slerp"):
+        if method == "average":
+            q = (v + w) / 2
+        elif method == "feature-sum":
+            q = compose.feature_sum(v[None], w[None], lam)[0]
+        else:
+            q = compose.slerp(v[None], w[None], lam, threshold=opts.get("threshold", compose.SLERP_THRESHOLD))[0]
+        return _Plan(q[None], np.zeros(1), lambda s: s[:, 0])
+    if method == "zscore-sum":
+        mean, std = index.moments(qi, qt)
+        std = np.where(std > 0, std, 1.0)
+        q = (1.0 - lam) * v / std[0] + lam * w / std[1]
+        c = -((1.0 - lam) * mean[0] / std[0] + lam * mean[1] / std[1])
+        return _Plan(q[None], np.array([c]), lambda s: s[:, 0])
+    if method == "minmax-sum":
+        lo, hi = extremes if extremes is not None else _exact_extremes(index, _Plan(np.stack([v, w]), np.zeros(2), None))
+        span = np.where(hi - lo > 0, hi - lo, 1.0)
+
+        def score(s):
+            return (1.0 - lam) * (s[:, 0] - lo[0]) / span[0] + lam * (s[:, 1] - lo[1]) / span[1]
+        return _Plan(np.stack([v, w]), np.zeros(2), score, lambda up, low: float(score(np.asarray(up)[None])[0]))
+    if method == "harris":
+        hl = float(opts.get("harris_lambda", lam))
+        shift = np.broadcast_to(np.asarray(opts.get("shift", 0.0), dtype=np.float64), (2,))
+        scale = float(opts.get("scale", 1.0))
+        if not scale > 0:
+            raise DataError(f"BASIC normalisation scale must be > 0, got {scale}")
+        mi = opts.get("image_mean")
+        mt = opts.get("text_mean")
+        P = opts.get("projection")
+        mi = np.zeros(index.d) if mi is None else np.asarray(mi, dtype=np.float64)
+        mt = np.zeros(index.d) if mt is None else np.asarray(mt, dtype=np.float64)
+        qv = v - mi if P is None else (v - mi) @ np.asarray(P, dtype=np.float64)
+        qw = w - mt
+        # s_img = (v−μ_i)P·(x−μ_i) = x·qv − μ_i·qv ; s_txt = (w−μ_t)·(x−μ_i) = x·qw − μ_i·qw  (compose.basic_similarities)
+        offsets = np.array([-(mi @ qv), -(mi @ qw)])
+
+        def norm(s, j):
+            return np.maximum((s - shift[j]) / scale, 0.0)
+
+        def score(s):
+            return compose.harris(norm(s[:, 0], 0), norm(s[:, 1], 1), hl)
+
+        def bound(up, low):
+            return float(compose.harris_box_max(norm(low[0], 0), norm(up[0], 0), norm(low[1], 1), norm(up[1], 1), hl))
+        return _Plan(np.stack([qv, qw]), offsets, score, bound)
+    raise DataError(f"method {method!r} has no archive-scale search; choose from {', '.join(METHOD_STRATEGIES)}")
+
+
+def _exact_sims(index, ids, plan: _Plan) -> np.ndarray:
+    return index.similarities(ids, plan.vectors) + plan.offsets[None, :]
+
+
+def _flat_lists(index, vectors, depth):
+    return index.flat.search(np.ascontiguousarray(vectors, dtype=np.float32), int(depth))
+
+
+def _first_depth(index, k):
+    return int(min(index.n, max(4 * k, 256, math.ceil(math.sqrt(k * index.n)))))
+
+
+def _exact_extremes(index, plan: _Plan):
+    """(min (M,), max (M,)) of every similarity column over the whole archive, exactly (two flat searches per
+    column: q and −q, re-scored until the best re-scored value clears the float32 bound)."""
+    lo, hi = np.empty(len(plan.vectors)), np.empty(len(plan.vectors))
+    for j, q in enumerate(plan.vectors):
+        for sign, out in ((1.0, hi), (-1.0, lo)):
+            depth = 32
+            while True:
+                depth = min(depth, index.n)
+                D, I = _flat_lists(index, (sign * q)[None], depth)
+                ids = I[0][I[0] >= 0]
+                s = sign * (index.similarities(ids, q[None])[:, 0] + plan.offsets[j])
+                best = s.max()
+                if depth >= index.n or best > sign * plan.offsets[j] + D[0, -1] + index._margin(q):
+                    out[j] = sign * best
+                    break
+                depth *= 8
+    return lo, hi
+
+
+def _single_vector_topk(index, plan: _Plan, k, info):
+    """Exact top-k of x·q + c: flat search, exact re-scoring, deepened until the k-th exact score beats the
+    bound on everything not fetched (its float32 list score + the rounding margin)."""
+    q = plan.vectors[0]
+    margin = index._margin(q)
+    depth = min(index.n, max(2 * k, 64))
+    fetches = 0
+    while True:
+        D, I = _flat_lists(index, q[None], depth)
+        fetches += 1
+        ids = I[0][I[0] >= 0]
+        s = _exact_sims(index, ids, plan)[:, 0]
+        top = _stable_top(-s, ids, k)
+        bound = plan.offsets[0] + D[0, -1] + margin
+        if depth >= index.n or s[top[-1]] > bound:
+            info.update({"depth": int(depth), "fetches": fetches, "candidates": int(len(ids))})
+            return ids[top], s[top]
+        depth = min(index.n, depth * 4)
+
+
+def _threshold_topk(index, plan: _Plan, k, info):
+    """Fagin's TA with random access (exact similarities of every item seen in either list)."""
+    n = index.n
+    margins = np.array([index._margin(q) for q in plan.vectors])
+    low = np.array([-index.stats.max_norm * np.linalg.norm(q) for q in plan.vectors]) + plan.offsets
+    depth = _first_depth(index, k)
+    fetches = 0
+    while True:
+        D, I = _flat_lists(index, plan.vectors, depth)
+        fetches += 1
+        ids = np.unique(I[I >= 0])
+        sims = _exact_sims(index, ids, plan)
+        s = plan.score(sims)
+        top = _stable_top(-s, ids, k)
+        if depth >= n:
+            info.update({"depth": int(depth), "fetches": fetches, "candidates": int(len(ids))})
+            return ids[top], s[top], sims[top]
+        up = D[:, -1] + margins + plan.offsets
+        if s[top[-1]] > plan.bound(up, low) or len(ids) >= n:
+            info.update({"depth": int(depth), "fetches": fetches, "candidates": int(len(ids)),
+                         "threshold": float(plan.bound(up, low))})
+            return ids[top], s[top], sims[top]
+        if depth > n // 8:
+            info["fallback"] = "scan"
+            depth = n
+        else:
+            depth = min(n, depth * 4)
+
+
+def _rrf_topk(index, plan: _Plan, k, lam, rrf_k, info):
+    """Reciprocal-rank fusion without a full pass: an item's exact rank in a list is known once its exact
+    similarity is above the bound on everything not fetched; an item not (safely) ranked in a list is bounded
+    by the count of safely ranked items. Stops when the k-th best fully ranked item beats every other item's
+    upper bound. RRF's per-list scores are flat (k = 60): an item at the top of one list stays a candidate
+    until its rank in the other is known, so the lists often run deep; past N/8 the exact scan takes over
+    (``info["fallback"] = "scan"``)."""
+    n = index.n
+    margins = np.array([index._margin(q) for q in plan.vectors])
+    w = np.array([1.0 - lam, lam])
+    depth = _first_depth(index, k)
+    fetches = 0
+    while depth <= max(n // 8, 4 * k):
+        D, I = _flat_lists(index, plan.vectors, depth)
+        fetches += 1
+        rank = np.zeros((2, n), dtype=np.int64)          # 0 = not safely ranked
+        bound_rr = np.empty(2)
+        for j in (0, 1):
+            ids = I[j][I[j] >= 0]
+            s = _exact_sims(index, ids, plan)[:, j]
+            tau = -np.inf if depth >= n else D[j, -1] + margins[j] + plan.offsets[j]
+            safe = s > tau
+            order = np.lexsort((ids[safe], -s[safe]))
+            rank[j, ids[safe][order]] = np.arange(1, int(safe.sum()) + 1)
+            bound_rr[j] = 0.0 if depth >= n else 1.0 / (rrf_k + int(safe.sum()) + 1)
+        seen = np.flatnonzero((rank > 0).any(axis=0))
+        r = rank[:, seen]
+        rr = np.where(r > 0, 1.0 / (rrf_k + np.maximum(r, 1)), bound_rr[:, None])
+        score = w @ rr                                   # exact where both ranks are known, else an upper bound
+        full = (r > 0).all(axis=0)
+        if full.sum() >= k:
+            fid, fs = seen[full], score[full]
+            top = _stable_top(-fs, fid, k)
+            others = np.concatenate([score[~full], [w @ bound_rr]])
+            if depth >= n or fs[top[-1]] > others.max():
+                info.update({"depth": int(depth), "fetches": fetches, "candidates": int(len(seen))})
+                return fid[top], fs[top]
+        if depth >= n:
+            break
+        depth = min(n, depth * 4)
+    info.update({"fallback": "scan", "gave_up_at_depth": int(depth), "fetches": fetches})
+    s = method_scan(index, "rrf", plan.vectors[0].astype(np.float32), plan.vectors[1].astype(np.float32), lam,
+                    rrf_k=rrf_k)
+    ids = np.arange(n)
+    top = _stable_top(-s, ids, k)
+    return ids[top], s[top]
+
+
+def method_scan(index: "ArchiveIndex", method: str, image_feat, text_feat, lam: float = 0.5, **options) -> np.ndarray:
+    """Brute-force scores (N,) float64 of ``method`` over the stored archive (the reference of
+    :func:`search_method`; higher = better). Full-pass statistics, exact ranks for RRF."""
+    from . import compose
+
+    lam = _lam_of(lam)
+    qi, qt = _as_query(image_feat, index.d, "image"), _as_query(text_feat, index.d, "text")
+    allids = np.arange(index.n)
+    if method == "weicom":
+        sims = index.similarities(allids, np.stack([qi, qt]))
+        mean, std = sims.mean(axis=0), sims.std(axis=0, ddof=1)
+        return 1.0 - weicom_tail(sims[:, 0], sims[:, 1], lam, mean, std)
+    if method == "rrf":
+        sims = index.similarities(allids, np.stack([qi, qt]))
+        rr = [compose.reciprocal_ranks(sims[:, j][None], k=int(options.get("rrf_k", compose.RRF_K)))[0] for j in (0, 1)]
+        return (1.0 - lam) * rr[0] + lam * rr[1]
+    if method == "zscore-sum":
+        sims = index.similarities(allids, np.stack([qi, qt]))
+        z = (sims - sims.mean(axis=0)) / np.where(sims.std(axis=0, ddof=1) > 0, sims.std(axis=0, ddof=1), 1.0)
+        return (1.0 - lam) * z[:, 0] + lam * z[:, 1]
+    if method == "minmax-sum":
+        sims = index.similarities(allids, np.stack([qi, qt]))
+        return compose.minmax_sum(compose.minmax(sims.T[:1]), compose.minmax(sims.T[1:]), lam)[0]
+    plan = _method_plan(index, method, qi, qt, lam, options)
+    return plan.score(_exact_sims(index, allids, plan))
+
+
+def search_method(index: "ArchiveIndex", method: str, image_feat, text_feat, lam: float = 0.5, k: int = 20,
+                  mode: str = "exact", **options) -> SearchResult:
+    """Top-k of any composition method over the archive, exact, by the strategy of :data:`METHOD_STRATEGIES`
+    (``info["strategy"]`` says which was used; ``mode="scan"`` forces the brute force).
+
+    λ is the method's weight (text weight of weicom / zscore-sum / minmax-sum / rrf; Slerp's and feature-sum's
+    α; Harris's λ). options: ``rrf_k`` (60); Harris: ``shift``, ``scale`` (BASIC's normalisation),
+    ``image_mean``, ``text_mean``, ``projection`` (BASIC's centring and contrastive PCA). ``scores`` in the
+    result are the method's scores (higher = better); s_img / s_txt the raw cosine similarities.
+    """
+    if method not in METHOD_STRATEGIES:
+        raise DataError(f"method {method!r} has no archive-scale search; choose from {', '.join(METHOD_STRATEGIES)}")
+    if mode not in ("exact", "scan"):
+        raise DataError(f"search_method mode must be 'exact' or 'scan', got {mode!r}")
+    lam = _lam_of(lam)
+    k = int(k)
+    if k < 1:
+        raise DataError(f"k must be ≥ 1, got {k}")
+    k = min(k, index.n)
+    if method == "weicom":
+        res = index.search(image_feat, text_feat, lam=lam, k=k, mode=mode)
+        res.info["strategy"] = "threshold" if mode == "exact" else "scan"
+        res.info["method"] = method
+        return res
+    qi, qt = _as_query(image_feat, index.d, "image"), _as_query(text_feat, index.d, "text")
+    if qi is None or qt is None:
+        raise DataError(f"method {method!r} needs both an image and a text query")
+    info = {"method": method, "lam": lam, "k": k, "mode": mode}
+    t0 = time.perf_counter()
+    strategy = METHOD_STRATEGIES[method] if mode == "exact" else "scan"
+    if strategy == "scan":
+        s = method_scan(index, method, qi, qt, lam, **options)
+        ids = np.arange(index.n)
+        top = _stable_top(-s, ids, k)
+        ids, scores = ids[top], s[top]
+    elif strategy in ("single-vector", "linear"):
+        ids, scores = _single_vector_topk(index, _method_plan(index, method, qi, qt, lam, options), k, info)
+    elif strategy == "threshold":
+        plan = _method_plan(index, method, qi, qt, lam, options)   # minmax-sum: exact archive min/max first
+        ids, scores, _ = _threshold_topk(index, plan, k, info)
+    else:
+        plan = _Plan(np.stack([qi, qt]).astype(np.float64), np.zeros(2), None)
+        ids, scores = _rrf_topk(index, plan, k, lam, int(options.get("rrf_k", 60)), info)
+    info["strategy"] = strategy
+    info["seconds"] = time.perf_counter() - t0
+    raw = index.similarities(ids, np.stack([qi, qt]))
+    return SearchResult(ids, scores, raw[:, 0], raw[:, 1], None if index.paths is None else index.paths[ids],
+                        None if index.labels is None else index.labels[ids], info)
