@@ -14,7 +14,7 @@ ifneq ($(wildcard $(SHARED)/data/README.md),)
 endif
 export MPLBACKEND ?= Agg
 
-.PHONY: main test install clean-outputs
+.PHONY: main lab explorer test install clean-outputs
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,25 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# The main job: every notebook in order into $RSCIR_OUTPUT (default ./outputs); a second run resumes (skips
+# the notebooks that are up to date). Report: $RSCIR_OUTPUT/index.md.
 main: $(BIN)/.installed
-	$(BIN)/rscir-kit notebooks --out outputs
+	$(BIN)/rscir-kit notebooks $(if $(RSCIR_OUTPUT),--out "$(RSCIR_OUTPUT)",--out outputs)
+
+# JupyterLab on the notebooks with the main job's environment (data, weights, offline settings; interactive
+# runs write to outputs/interactive unless RSCIR_OUTPUT is set). The git filter keeps outputs out of commits.
+LAB_OUTPUT = $(if $(RSCIR_OUTPUT),$(RSCIR_OUTPUT),$(CURDIR)/outputs/interactive)
+lab: $(BIN)/.installed
+	-git config filter.rscir-nbstrip.clean "$(abspath $(BIN))/python -m rscir_kit.run_notebooks --strip-stream"
+	-git config filter.rscir-nbstrip.smudge cat
+	RSCIR_OUTPUT="$(LAB_OUTPUT)" PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" \
+	  $(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+
+# The λ explorer as a small web app (Voilà) on http://localhost:8866 (PORT=... to change it).
+PORT ?= 8866
+explorer: $(BIN)/.installed
+	RSCIR_OUTPUT="$(LAB_OUTPUT)" PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" \
+	  $(BIN)/voila notebooks/06_lambda_explorer.ipynb --port=$(PORT) --no-browser $(VOILA_ARGS)
 
 # pytest (incl. papermill runs of every notebook on small data, with assertions on their results), then
 # nbval executes the committed notebooks top to bottom with RSCIR_SIZE=5 into a scratch folder.
