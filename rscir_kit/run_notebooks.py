@@ -690,7 +690,7 @@ def headline(out: Path, entries: dict) -> list[str]:
     rec = r7.get("recall") or {}
     if rec:
         mr = rec.get("mR", rec.get("mr"))
-        parts = [f"{k} {v:.2f}" for k, v in rec.items() if isinstance(v, (int, float)) and k != "mR"]
+        parts = [f"{k} {v:.2f}" for k, v in rec.items() if isinstance(v, (int, float)) and "R@" in k]
         lines.append(f"- {r7.get('caption_set', 'captions')} text↔image: **mR {mr:.2f}**"
                      + (f" ({', '.join(parts)})" if parts else ""))
     r8 = _read_results(out, find("08")) if find("08") else {}
@@ -698,7 +698,8 @@ def headline(out: Path, entries: dict) -> list[str]:
         best = max((row for row in r8["summary"] if isinstance(row, dict) and isinstance(row.get("mR"), (int, float))),
                    key=lambda row: row["mR"], default=None)
         if best:
-            name = ", ".join(f"{k}={v}" for k, v in best.items() if k != "mR" and not isinstance(v, (int, float)))
+            name = str(best.get("index", "?")) + (f", λ={best['lambda']:g}" if isinstance(best.get("lambda"), (int, float))
+                                                  else "")
             lines.append(f"- text-to-text ({r8.get('protocol', '?')} protocol): best mR {best['mR']:.2f} ({name})")
     return lines
 
@@ -720,12 +721,14 @@ def index_markdown(out: Path, state: dict) -> str:
     entries = state.get("notebooks", {})
     done = {s: e for s, e in sorted(entries.items()) if e.get("status") == "done"}
     lines = ["# rscir-kit notebook outputs", ""]
-    configs = {}
-    for stem, e in sorted(entries.items()):
-        p = e.get("parameters", {})
-        r = _read_results(out, stem).get("params", {}) if e.get("status") == "done" else {}
-        resolved = {k: r.get(k, p.get(k)) for k in ("model", "dataset", "data_root", "size", "device", "lambdas")}
-        configs[stem] = resolved
+    configs = {}  # the resolved setup of each finished notebook (from its results.json)
+    for stem in done:
+        p = entries[stem].get("parameters", {})
+        r = _read_results(out, stem).get("params", {})
+        configs[stem] = {k: r.get(k, p.get(k)) for k in ("model", "dataset", "data_root", "size", "device")}
+    if not configs:  # nothing finished yet: what was asked for
+        configs = {s: {k: e.get("parameters", {}).get(k) for k in ("model", "dataset", "data_root", "size")}
+                   for s, e in sorted(entries.items())}
     first = next(iter(configs.values()), {})
     model = first.get("model") or state.get("model")
     meta = {}
