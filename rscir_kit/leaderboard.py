@@ -87,6 +87,7 @@ class Leaderboard:
     validation_scores: pd.DataFrame
     comparisons: pd.DataFrame      # best selected method vs each other: delta, lo, hi, p_value
     meta: dict = field(default_factory=dict)
+    test_images: tuple = ()        # the held-out query images
 
     def wide(self, ci: bool = True, digits: int = 1) -> pd.DataFrame:
         """Methods × groups (+ avg) as strings ``"45.2 [43.0, 47.5]"``; the best test value per column in
@@ -240,4 +241,98 @@ def leaderboard(per_pair: pd.DataFrame, queries, split: QuerySplit, by: str | No
                  "selected": {f: list(v) for f, v in chosen.items()},
                  "oracle": {f: list(v) for f, v in best_test.items()}})
     info.setdefault("benchmark", split.benchmark)
-    return Leaderboard(ci, by, chosen, best_test, v_scores, comparisons, info)
+    return Leaderboard(ci, by, chosen, best_test, v_scores, comparisons, info, tuple(split.test))
+
+
+# ----------------------------------------------------------------------------------------- λ curves, examples
+def lambda_curves(per_pair: pd.DataFrame, queries, split: QuerySplit, by: str | None = "attribute",
+                  metric: str = "ap") -> pd.DataFrame:
+    """mAP (%, mean over the groups of ``by``) of every candidate on each side of the split: columns ``family,
+    method, lambda, side, map`` — the curves behind each method's validation choice."""
+    images = queries.table["query_path"].astype(str).to_numpy()
+    side = split.side_of(images)[per_pair["pair"].to_numpy()]
+    parts = []
+    for name in (VALIDATION, TEST):
+        s = _score_table(per_pair[side == name], images, by, metric).assign(side=name)
+        parts.append(s)
+    out = pd.concat(parts, ignore_index=True).rename(columns={"score": "map"})
+    out["map"] *= 100
+    out.insert(0, "family", out["method"].map(family_of))
+    return out
+
+
+def plot_lambda_curves(curves: pd.DataFrame, board: Leaderboard | None = None, model: str | None = None,
+                       config: str | None = None):
+    """One panel per method family with λ: validation and test mAP against λ, the validation choice (●) and
+    the test oracle (○) marked. Families without λ are left out."""
+    import matplotlib.pyplot as plt
+
+    from .plots import stamp
+
+    fams = [f for f in dict.fromkeys(curves["family"])
+            if curves.loc[curves["family"] == f, "lambda"].notna().sum() > 2]
+    ncols = min(4, max(1, len(fams)))
+    nrows = max(1, math.ceil(len(fams) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.7 * nrows + 0.6), squeeze=False)
+    for ax, fam in zip(axes.ravel(), fams):
+        c = curves[curves["family"] == fam]
+        for method in dict.fromkeys(c["method"]):
+            for side, style in ((VALIDATION, "--"), (TEST, "-")):
+                s = c[(c["method"] == method) & (c["side"] == side)].sort_values("lambda")
+                ax.plot(s["lambda"], s["map"], style, marker=".", label=f"{side}" + ("" if method == fam else
+                                                                                   f" {method}"))
+        if board is not None and fam in board.selected:
+            m, lam = board.selected[fam]
+            if lam is not None:
+                y = c[(c["method"] == m) & (c["side"] == TEST) & np.isclose(c["lambda"], lam)]["map"]
+                ax.plot([lam], y.iloc[:1], "o", color="black", label="chosen on validation")
+            m, lam = board.oracle.get(fam, (None, None))
+            if lam is not None:
+                y = c[(c["method"] == m) & (c["side"] == TEST) & np.isclose(c["lambda"], lam)]["map"]
+                ax.plot([lam], y.iloc[:1], "o", mfc="none", color="red", label="oracle (test)")
+        ax.set_title(_label(fam, None), fontsize=9)
+        ax.set_xlabel("λ", fontsize=8)
+        ax.set_ylabel("mAP (%)", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in axes.ravel()[len(fams):]:
+        ax.axis("off")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    stamp(fig, model, config)
+    return fig
+
+
+def examples(per_pair: pd.DataFrame, queries, board: Leaderboard, reference: str = "weicom", n: int = 2,
+             seed: int = 0) -> pd.DataFrame:
+    """What each method gets right and wrong: for every selected method, ``n`` test pairs drawn at random
+    (fixed ``seed``) among those where it beats the ``reference`` family's selected configuration and ``n``
+    among those where it loses (AP per pair). Columns: method, outcome, pair, query, text, n_pos, ap, ap_ref."""
+    if reference not in board.selected:
+        raise ParameterError(f"reference method {reference!r} is not on the leaderboard")
+    rng = np.random.default_rng(seed)
+    images = queries.table["query_path"].astype(str).to_numpy()
+    test_pairs = np.flatnonzero(np.isin(images, np.asarray(board.test_images))) if board.test_images else None
+
+    def aps(method, lam):
+        rows = per_pair[(per_pair["method"] == method) & _is_lam(per_pair["lambda"], lam)]
+        return rows.set_index("pair")["ap"]
+
+    ref = aps(*board.selected[reference])
+    out = []
+    for fam, (m, lam) in board.selected.items():
+        if fam == reference:
+            continue
+        a = aps(m, lam)
+        common = ref.index.intersection(a.index)
+        if test_pairs is not None:
+            common = common.intersection(test_pairs)
+        diff = a.loc[common] - ref.loc[common]
+        for outcome, pool in (("better", diff[diff > 1e-12].index), ("worse", diff[diff < -1e-12].index)):
+            pick = rng.choice(np.asarray(pool), size=min(n, len(pool)), replace=False) if len(pool) else []
+            for p in pick:
+                row = queries.table.iloc[int(p)]
+                out.append({"method": _label(m, lam), "outcome": outcome, "pair": int(p),
+                            "query": str(row["query_path"]), "text": str(row["text"]),
+                            "n_pos": int(len(queries.positives(int(p)))), "ap": 100 * float(a.loc[p]),
+                            "ap_ref": 100 * float(ref.loc[p])})
+    return pd.DataFrame(out)

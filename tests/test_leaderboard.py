@@ -83,3 +83,28 @@ def test_metric_and_family_errors():
     lb = leaderboard(per_pair.assign(**{"r@10": per_pair["ap"]}), qs, split, metric="r@10", by=None, n_boot=20,
                      oracle=False)
     assert set(lb.table["kind"]) == {"selected"} and lb.by is None
+
+
+def test_lambda_curves_and_examples():
+    from rscir_kit.leaderboard import examples, lambda_curves, plot_lambda_curves
+
+    per_pair, qs, split, side = _setup()
+    lb = leaderboard(per_pair, qs, split, n_boot=20)
+    curves = lambda_curves(per_pair, qs, split)
+    v = curves[(curves["family"] == "weicom") & (curves["side"] == "validation")].set_index("lambda")["map"]
+    assert v.idxmax() == 0.5 and v.loc[0.5] == pytest.approx(60, abs=1)
+    t = curves[(curves["family"] == "weicom") & (curves["side"] == "test")].set_index("lambda")["map"]
+    assert t.idxmax() == 1.0
+    fig = plot_lambda_curves(curves, lb, model="synthetic")
+    assert "synthetic" in fig._rscir_label
+    ex = examples(per_pair, qs, lb, reference="weicom", n=3, seed=0)
+    # on the test images image-only (AP ≈ 0.3) always loses to WeiCom λ=0.5 (≈ 0.4): 3 losses, no win
+    assert ex["outcome"].tolist() == ["worse"] * 3 and (ex["ap"] < ex["ap_ref"]).all()
+    assert (side[ex["pair"]] == "test").all()                           # drawn from the held-out images only
+    hacked = per_pair.copy()
+    hacked.loc[(hacked["method"] == "image") & (hacked["pair"] % 2 == 0), "ap"] = 0.9
+    lb2 = leaderboard(hacked, qs, split, n_boot=20)
+    ex2 = examples(hacked, qs, lb2, reference="weicom", n=3, seed=0)
+    assert sorted(ex2["outcome"]) == ["better"] * 3 + ["worse"] * 3      # wins and losses, not only wins
+    assert (ex2[ex2["outcome"] == "better"]["ap"] > ex2[ex2["outcome"] == "better"]["ap_ref"]).all()
+    assert ex.equals(examples(per_pair, qs, lb, reference="weicom", n=3, seed=0))  # fixed seed
