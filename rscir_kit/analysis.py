@@ -12,37 +12,17 @@ import numpy as np
 import pandas as pd
 
 from . import reference
+from .engine import wide_table
+from .methods import method_label  # noqa: F401  (the one label; re-exported for the notebooks)
 
 AVG = reference.AVG
-METHOD_ORDER = ("text", "image", "average", "weicom")
 
 
-def method_label(method: str, lam: float | None = None) -> str:
-    """Row label in the paper's style: Text, Image, Text & Image, WeiCom (λ=0.5)."""
-    name = reference.METHOD_NAMES.get(method, method)
-    if lam is None or (isinstance(lam, float) and math.isnan(lam)):
-        return name
-    return f"{name} (λ={float(lam):g})"
-
-
-# --------------------------------------------------------------------------------------------- tables
 def summary_to_wide(summary: pd.DataFrame, value: str = "map") -> pd.DataFrame:
-    """Engine summary (rows method, lambda, attribute, map) → one row per (method, λ), columns
-    attributes (+ ``avg``) in %, rows in the paper's order (Text, Image, Text & Image, WeiCom by λ)."""
-    frame = summary.copy()
-    # NaN λ (methods without one) would vanish from a pivot: use a sentinel meanwhile.
-    frame["lambda"] = frame["lambda"].astype(float).fillna(-1.0)
-    wide = frame.pivot_table(index=["method", "lambda"], columns="attribute", values=value, aggfunc="first")
-    wide = wide.reset_index()
-    wide.columns.name = None
-    wide["lambda"] = wide["lambda"].where(wide["lambda"] >= 0)
-    order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    wide["_o"] = wide["method"].map(lambda m: order.get(m, len(order)))
-    wide = wide.sort_values(["_o", "lambda"], na_position="first").drop(columns="_o").reset_index(drop=True)
-    attrs = [c for c in wide.columns if c not in ("method", "lambda", AVG)]
-    known = [a for a in reference.ATTRIBUTES if a in attrs] + sorted(a for a in attrs
-                                                                     if a not in reference.ATTRIBUTES)
-    return wide[["method", "lambda"] + known + ([AVG] if AVG in wide.columns else [])]
+    """Engine summary (rows method, lambda, attribute, map) → one row per (method, λ) with ``method`` and
+    ``lambda`` columns, attributes (+ ``avg``) in %, rows in the paper's order: the one wide table,
+    :func:`rscir_kit.engine.wide_table`, unrounded."""
+    return wide_table(summary, by="attribute", value=value, keys=True, decimals=None, average_label=AVG)
 
 
 def row_key(method: str, lam) -> str:

@@ -1,35 +1,42 @@
-"""One vectorised evaluation engine for every composed-retrieval benchmark.
+"""One evaluation engine for every composed-retrieval benchmark: plan → score block → assemble.
 
 ``evaluate`` takes a :class:`~rscir_kit.queries.QuerySet`, the archive features (N, d), the text
-features, and any number of methods and λ values, and returns a tidy per-pair table. It never loops
-in Python over the archive or over single queries:
+features, and any number of methods (from the registry, :mod:`rscir_kit.methods`) and λ values, and
+returns a tidy per-pair table. It never loops in Python over the archive or over single queries:
 
-- query pairs are processed in blocks of distinct query images (bounded memory, ``max_block_mb``);
-- each distinct query image is scored and normalised once, each distinct text once per block;
-- image-only rankings are sorted once per distinct image and text-only once per distinct text, then
-  shared by all pairs using them (and by WeiCom at λ=0 / λ=1, which Φ's monotonicity makes
-  identical to image-only / text-only);
-- a λ sweep reuses the normalised similarities: each extra λ costs one fused (B, N) matrix and one
-  row sort, from which only the positives' ranks are read (see :mod:`rscir_kit.metrics`).
+- **plan** (:func:`_plan`): validates everything, resolves each (method, λ) through the registry into
+  a *ranking* (the fused row the kernel evaluates); equal rankings are computed once (WeiCom at λ=0 / 1
+  is image-only / text-only under ``numerics="kit"``); pairs are split into blocks of whole query images
+  (bounded memory, ``max_block_mb``);
+- **score block** (:func:`_score_block`): each distinct query image is scored (one GEMM) and
+  normalised once per block into reused buffers, in place; each distinct text once (globally when few);
+  image-only and text-only rows are sorted once and shared by every pair using them; then every
+  (pair, ranking) goes through the same compiled sort-free exact AP kernel
+  (:func:`rscir_kit.metrics.block_metrics`), the λ values of a pair back to back while its rows are in
+  cache. On CUDA the same rankings are scored with torch (sort + binary search);
+- **assemble** (:func:`_assemble`): the per-pair table, empty-positive policy, optional AP rounding.
 """
 from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from . import methods as registry
 from .config import resolve_device
-from .errors import DataError, ModelMismatchError
-from .methods import LAMBDA_METHODS, check_lambda, fuse_normalized, parse_method
-from .metrics import pad_positives, positive_ranks, ranking_metrics, sort_rows
-from .normalization import normalize, weicom_upper_tail
+from .errors import DataError, ModelMismatchError, ParameterError
+from .metrics import _OP, block_metrics, pad_positives, positive_ranks, ranking_metrics, sort_rows
+from .normalization import normalize, official_cdf, weicom_upper_tail
 from .queries import QuerySet
 
 ON_EMPTY = ("zero", "skip", "error")
+BACKENDS = ("auto", "kernel", "torch")
 
 
 def _model_of(meta) -> str | None:
@@ -63,14 +70,13 @@ def _text_matrix(texts_needed: list[str], texts, archive) -> np.ndarray:
 def _combos(methods, lambdas) -> list[tuple[str, float | None]]:
     methods = list(methods)
     if not methods:
-        raise ValueError("no methods to evaluate")
-    lams = [check_lambda(lam) for lam in lambdas]
+        raise ParameterError("no methods to evaluate")
+    lams = [registry.check_lambda(lam) for lam in lambdas]
     combos = []
     for m in methods:
-        name, _ = parse_method(m)
-        if name in LAMBDA_METHODS:
+        if registry.get(m).takes_lambda:
             if not lams:
-                raise ValueError(f"method {m!r} needs at least one λ")
+                raise ParameterError(f"method {m!r} needs at least one λ")
             combos.extend((m, lam) for lam in lams)
         else:
             combos.append((m, None))
@@ -92,32 +98,95 @@ def _blocks(img_of_pair: np.ndarray, max_pairs: int):
         block_start = block_end
 
 
-def evaluate(queries: QuerySet, archive, texts=None, methods=("image", "text", "average", "weicom"),
-             lambdas=(0.5,), query_features=None, device="auto", on_empty: str = "zero", ks=(),
-             max_block_mb: int = 512, progress: bool = True) -> pd.DataFrame:
-    """Evaluate ``methods`` (and every λ for WeiCom) on all pairs of ``queries``.
+def _check_finite(name: str, feats: np.ndarray) -> None:
+    bad = ~np.isfinite(feats).all(axis=1)
+    if bad.any():
+        raise DataError(f"{name} has NaN/inf in {int(bad.sum())} row(s) (first: row {int(np.flatnonzero(bad)[0])}); "
+                        "re-extract those features")
 
-    Args:
-        queries: the query pairs; its positive sets are re-bound to ``archive.paths`` if ordered differently.
-        archive: ImageFeatures-like (``feats`` (N, d) L2-normalised, ``paths`` (N,), ``meta``).
-        texts: TextFeatures (``lookup``) or an encoder (``encode_texts``) for the query texts.
-        methods: names from :data:`rscir_kit.methods.METHODS` (``"add:weicom"`` style for fusions).
-        lambdas: λ values in [0, 1] for WeiCom.
-        query_features: where the query images are looked up (default: the archive).
-        on_empty: pairs without positives: ``"zero"`` (AP 0, the official protocol; counted),
-            ``"skip"`` (AP NaN, left out of means; counted) or ``"error"``.
-        ks: also report P@k and R@k for these k.
-        max_block_mb: memory budget of one block's (B, N) score matrices.
 
-    Returns:
-        DataFrame with one row per (pair, method, λ): ``pair``, ``method``, ``lambda`` (NaN for
-        methods without λ), ``ap`` (0..1), ``n_pos``, the P@k / R@k columns, and the query table's
-        grouping columns.
-    """
+# ----------------------------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class Ranking:
+    """One distinct ranking: fusion ``op`` (:data:`rscir_kit.metrics.FUSIONS`) of the image-side and
+    text-side rows normalised by ``inputs`` (``raw``, ``tail``, ``official`` or a normalisation name),
+    weights ``w``; ``method``/``lam`` fall back to the registry's fusion for ``op == "row"``."""
+
+    inputs: str
+    op: str
+    w: tuple = ()
+    method: str | None = None
+    lam: float | None = None
+
+
+def resolve(method: str, lam, numerics: str = "kit") -> Ranking:
+    """The ranking the engine computes for (method, λ) under ``numerics``, from the registry."""
+    name, norm = registry.parse_method(method)
+    entry = registry.REGISTRY[name]
+    if entry.alias is not None:
+        other = entry.alias(lam, numerics)
+        if other is not None:
+            return resolve(other, None, numerics)
+    if entry.kernel is None:
+        return Ranking(norm if norm != "none" else "raw", "row", (), method, lam)
+    inputs, op, w = entry.kernel(lam, numerics)
+    if inputs is None:
+        inputs = "official" if (norm == "weicom" and numerics == "official") else norm
+    inputs = "raw" if inputs == "none" else inputs
+    if op in ("a", "b") and inputs == "raw":
+        op = "sorted_" + op  # image-only / text-only: one sort per distinct row, shared by its pairs
+    w = tuple(float(v) for v in w) + (0.0,) * (2 - len(w))
+    return Ranking(inputs, op, w)
+
+
+@dataclass
+class Plan:
+    """Everything evaluate needs, validated: queries, features on the device, rankings and blocks."""
+
+    queries: QuerySet
+    combos: list
+    rankings: list            # distinct Ranking objects
+    combo_ranking: list       # index into rankings per combo
+    img_inputs: list          # input keys needed on the image side (in slot order)
+    txt_inputs: list
+    X: torch.Tensor
+    Qimg: torch.Tensor
+    Qtxt: torch.Tensor
+    img_of_pair: np.ndarray
+    txt_of_pair: np.ndarray
+    n_pos: np.ndarray
+    empty: np.ndarray
+    pos_ptr: np.ndarray
+    pos_idx: np.ndarray
+    max_pairs: int
+    txt_global: bool
+    backend: str
+    device: torch.device
+    numerics: str
+    ks: tuple
+    on_empty: str
+    ap_decimals: int | None
+    results: dict = field(default_factory=dict)
+
+
+def _plan(queries, archive, texts, methods, lambdas, query_features, device, on_empty, ks, max_block_mb,
+          numerics, ap_decimals, backend) -> Plan:
     if on_empty not in ON_EMPTY:
-        raise ValueError(f"on_empty must be one of {ON_EMPTY}, got {on_empty!r}")
+        raise ParameterError(f"on_empty must be one of {ON_EMPTY}, got {on_empty!r}")
+    if backend not in BACKENDS:
+        raise ParameterError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if ap_decimals is not None and (not isinstance(ap_decimals, (int, np.integer)) or ap_decimals < 0):
+        raise ParameterError(f"ap_decimals must be None or a non-negative integer, got {ap_decimals!r}")
+    numerics = registry.check_numerics(numerics)
+    ks = tuple(int(k) for k in ks)
+    if any(k <= 0 for k in ks):
+        raise ParameterError(f"k must be positive, got {list(ks)}")
     combos = _combos(methods, lambdas)
     dev = resolve_device(device)
+    backend = ("kernel" if dev.type == "cpu" else "torch") if backend == "auto" else backend
+    if backend == "kernel" and dev.type != "cpu":
+        raise ParameterError(f"the compiled kernel runs on the CPU; use backend='torch' on {dev}")
+
     queries = queries.bind(archive.paths)
     qf = archive if query_features is None else query_features
     if qf is not archive:
@@ -126,7 +195,6 @@ def evaluate(queries: QuerySet, archive, texts=None, methods=("image", "text", "
     n_pairs = len(table)
     if n_pairs == 0:
         raise DataError(f"query set {queries.name!r} has no queries")
-
     n_pos = queries.n_positives
     empty = n_pos == 0
     if empty.any():
@@ -136,114 +204,304 @@ def evaluate(queries: QuerySet, archive, texts=None, methods=("image", "text", "
         if on_empty == "error":
             raise DataError(msg + "; fix the query set or pass on_empty='zero' (official protocol) or 'skip'")
         warnings.warn(msg + f"; on_empty={on_empty!r}: " + ("counted as AP 0" if on_empty == "zero" else "left out"),
-                      stacklevel=2)
+                      stacklevel=3)
 
-    # Query image rows and distinct texts.
     q_index = np.asarray(qf.index_of(table["query_path"].astype(str).tolist()), dtype=np.int64)
     uniq_img, img_of_pair = np.unique(q_index, return_inverse=True)
     uniq_txt, txt_of_pair = np.unique(table["text"].astype(str).to_numpy(), return_inverse=True)
+    X_np = np.ascontiguousarray(np.asarray(archive.feats, dtype=np.float32))
+    Qimg_np = np.asarray(qf.feats, dtype=np.float32)[uniq_img]
+    Qtxt_np = _text_matrix(list(uniq_txt), texts, archive)
+    if Qtxt_np.shape[1] != X_np.shape[1] or Qimg_np.shape[1] != X_np.shape[1]:
+        raise ModelMismatchError(f"embedding sizes differ: archive d={X_np.shape[1]}, query images "
+                                 f"d={Qimg_np.shape[1]}, texts d={Qtxt_np.shape[1]}; use features from one model")
+    for name, arr in (("the archive features", X_np), ("the query image features", Qimg_np),
+                      ("the text features", Qtxt_np)):
+        _check_finite(name, arr)
 
-    X = torch.as_tensor(np.asarray(archive.feats, dtype=np.float32), device=dev)
-    n_archive = X.shape[0]
-    Qimg = torch.as_tensor(np.asarray(qf.feats, dtype=np.float32)[uniq_img], device=dev)
-    Qtxt = torch.as_tensor(_text_matrix(list(uniq_txt), texts, archive), device=dev)
-    if Qtxt.shape[1] != X.shape[1] or Qimg.shape[1] != X.shape[1]:
-        raise ModelMismatchError(f"embedding sizes differ: archive d={X.shape[1]}, query images d={Qimg.shape[1]}, "
-                                 f"texts d={Qtxt.shape[1]}; use features from one model")
+    rankings, combo_ranking = [], []
+    for method, lam in combos:
+        r = resolve(method, lam, numerics)
+        if r not in rankings:
+            rankings.append(r)
+        combo_ranking.append(rankings.index(r))
+    inputs = list(dict.fromkeys(["raw"] + [r.inputs for r in rankings]))  # raw first: the GEMM writes there
+    img_inputs = [k for k in inputs if k == "raw" or any(r.inputs == k and r.op not in ("b", "sorted_b")
+                                                         for r in rankings)]
+    txt_inputs = [k for k in inputs if k == "raw" or any(r.inputs == k and r.op not in ("a", "sorted_a")
+                                                         for r in rankings)]
 
-    parsed = {m: parse_method(m) for m, _ in combos}
-    # WeiCom ranks by the equivalent upper-tail form (see normalization.weicom_upper_tail): no float32
-    # saturation of Φ at the top of the ranking. Other fusions use the normalised scores themselves.
-    norms_needed = {("tail" if name == "weicom" else norm) for name, norm in parsed.values()
-                    if name not in ("image", "text", "average")}
-    _norm = lambda s, norm: weicom_upper_tail(s) if norm == "tail" else normalize(s, norm)  # noqa: E731
-
+    n_archive = X_np.shape[0]
+    # The block budget is the same as that of the sort-based engine (6 float32 rows per pair), so that the
+    # blocks — hence every GEMM's rounding — are the same; the kernel itself needs far less.
     bytes_per_row = 4 * n_archive * 6
-    # Few distinct texts (the usual case): score, normalise and sort them once for all blocks.
-    txt_global = None
-    if len(uniq_txt) * bytes_per_row <= max_block_mb * 2**20 // 2:
-        S_all = Qtxt @ X.T
-        txt_global = (S_all, {norm: _norm(S_all, norm) for norm in norms_needed}, sort_rows(S_all))
+    txt_global = len(uniq_txt) * bytes_per_row <= max_block_mb * 2**20 // 2
     max_pairs = max(1, int(max_block_mb * 2**20 // bytes_per_row))
-    results = {key: {} for key in combos}
-    pos_all = queries.positive_sets
-    pid = table["positive_id"].to_numpy()
+    sets = queries.positive_sets
+    pos_ptr = np.zeros(len(sets) + 1, np.int64)
+    pos_ptr[1:] = np.cumsum([len(p) for p in sets])
+    pos_idx = np.concatenate(sets).astype(np.int64) if len(sets) and pos_ptr[-1] else np.zeros(0, np.int64)
+    return Plan(queries, combos, rankings, combo_ranking, img_inputs, txt_inputs,
+                torch.as_tensor(X_np, device=dev), torch.as_tensor(Qimg_np, device=dev),
+                torch.as_tensor(Qtxt_np, device=dev), img_of_pair, txt_of_pair, n_pos, empty, pos_ptr, pos_idx,
+                max_pairs, txt_global, backend, dev, numerics, ks, on_empty, ap_decimals)
 
-    bar = tqdm(total=n_pairs, desc=f"evaluate {queries.name}", unit="pair", disable=not progress)
-    for block in _blocks(img_of_pair, max_pairs):
-        b_imgs, local = np.unique(img_of_pair[block], return_inverse=True)
-        S_img = Qimg[torch.as_tensor(b_imgs, device=dev)] @ X.T  # (C, N)
-        li = torch.as_tensor(local, device=dev)
-        if txt_global is None:  # many texts: only the block's distinct texts (bounded memory)
-            b_txts, t_local = np.unique(txt_of_pair[block], return_inverse=True)
-            S_txt = Qtxt[torch.as_tensor(b_txts, device=dev)] @ X.T  # (T_block, N)
-            txt_norm = {norm: _norm(S_txt, norm) for norm in norms_needed}
-            txt_sorted = None
+
+# ----------------------------------------------------------------------------------------- score
+def _normalise_into(key: str, S: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Rows of ``S`` normalised by ``key``, written into ``out`` (same shape)."""
+    if key == "raw":
+        return out.copy_(S)
+    if key == "tail":
+        return weicom_upper_tail(S, out=out)
+    if key == "official":
+        return out.copy_(official_cdf(S))
+    return out.copy_(normalize(S, key))
+
+
+class _Buffers:
+    """Score buffers reused across blocks: contiguous (slots, rows, N) float32 views of one flat storage,
+    grown only when a block needs more rows (no per-block or per-method (B, N) allocations)."""
+
+    def __init__(self, n_slots: int, n: int, device):
+        self.n_slots, self.n, self.device = n_slots, n, device
+        self.flat = torch.empty(0, dtype=torch.float32, device=device)
+
+    def get(self, rows: int) -> torch.Tensor:
+        size = self.n_slots * rows * self.n
+        if self.flat.numel() < size:
+            self.flat = torch.empty(size, dtype=torch.float32, device=self.device)
+        return self.flat[:size].view(self.n_slots, rows, self.n)
+
+
+def _side_inputs(keys: list, S: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+    """Fill ``buf`` (slots, R, N) with ``S`` normalised by each key (``raw`` = S itself)."""
+    for slot, key in enumerate(keys):
+        if key == "raw" and buf[slot].data_ptr() == S.data_ptr():
+            continue
+        _normalise_into(key, S, buf[slot])
+    return buf
+
+
+@dataclass
+class _Side:
+    """One modality of a block: input rows (slots, R, N), their ascending sorts (R, N) if needed."""
+
+    inputs: torch.Tensor
+    sorted: np.ndarray | torch.Tensor | None
+
+
+def _score_side(plan: Plan, keys: list, Q: torch.Tensor, rows: np.ndarray, buffers: _Buffers,
+                need_sorted: bool) -> _Side:
+    buf = buffers.get(len(rows))  # slot 0 is always the raw similarities
+    S = torch.matmul(Q[torch.as_tensor(rows, device=plan.device)], plan.X.T, out=buf[0])
+    _side_inputs(keys, S, buf)
+    srt = None
+    if need_sorted:
+        srt = sort_rows(S)
+        srt = srt.numpy() if plan.device.type == "cpu" else srt
+    return _Side(buf, srt)
+
+
+def _score_block(plan: Plan, block: np.ndarray, img_buffers: _Buffers, txt_buffers: _Buffers,
+                 txt_side: _Side | None, ap: np.ndarray, hits: np.ndarray) -> None:
+    """AP / hits@k of every ranking for the pairs ``block`` (written into ``ap`` / ``hits``)."""
+    ops = [r.op for r in plan.rankings]
+    b_imgs, li = np.unique(plan.img_of_pair[block], return_inverse=True)
+    img_side = _score_side(plan, plan.img_inputs, plan.Qimg, b_imgs, img_buffers, "sorted_a" in ops)
+    if txt_side is None:  # many texts: only the block's distinct texts (bounded memory)
+        b_txts, ti = np.unique(plan.txt_of_pair[block], return_inverse=True)
+        txt_side = _score_side(plan, plan.txt_inputs, plan.Qtxt, b_txts, txt_buffers, "sorted_b" in ops)
+    else:
+        ti = plan.txt_of_pair[block]
+    pid = plan.queries.table["positive_id"].to_numpy()[block]
+    if plan.backend == "kernel":
+        _kernel_block(plan, block, img_side, txt_side, li, ti, pid, ap, hits)
+    else:
+        _torch_block(plan, block, img_side, txt_side, li, ti, pid, ap, hits)
+
+
+def _fallback_rows(plan: Plan, img_side: _Side, txt_side: _Side, li, ti) -> list:
+    """(B, N) rows of the rankings without a kernel fusion (``op == "row"``), from the registry."""
+    out = []
+    for r in plan.rankings:
+        if r.op == "row":
+            a = img_side.inputs[plan.img_inputs.index(r.inputs)][torch.as_tensor(li, device=plan.device)]
+            b = txt_side.inputs[plan.txt_inputs.index(r.inputs)][torch.as_tensor(ti, device=plan.device)]
+            out.append(registry.fuse_normalized(a, b, registry.parse_method(r.method)[0], r.lam).to(torch.float32))
+    return out
+
+
+def _slots(plan: Plan):
+    sa = [plan.img_inputs.index(r.inputs) if r.inputs in plan.img_inputs else 0 for r in plan.rankings]
+    sb = [plan.txt_inputs.index(r.inputs) if r.inputs in plan.txt_inputs else 0 for r in plan.rankings]
+    return sa, sb
+
+
+def _kernel_block(plan, block, img_side, txt_side, li, ti, pid, ap, hits) -> None:
+    n = plan.X.shape[0]
+    rows = _fallback_rows(plan, img_side, txt_side, li, ti)
+    rows = torch.stack(rows).numpy() if rows else np.zeros((0, 1, n), np.float32)
+    sa, sb = _slots(plan)
+    row_slot = 0
+    for m, r in enumerate(plan.rankings):
+        if r.op == "row":
+            sa[m], row_slot = row_slot, row_slot + 1
+    empty_sorted = np.zeros((0, n), np.float32)
+    block_metrics(img_side.inputs.numpy(), txt_side.inputs.numpy(), rows,
+                  img_side.sorted if img_side.sorted is not None else empty_sorted,
+                  txt_side.sorted if txt_side.sorted is not None else empty_sorted,
+                  li.astype(np.int64), np.asarray(ti, dtype=np.int64), block.astype(np.int64),
+                  pid.astype(np.int64), plan.pos_ptr, plan.pos_idx,
+                  np.array([_OP[r.op] for r in plan.rankings], np.int64), np.array(sa, np.int64),
+                  np.array(sb, np.int64), np.array([r.w for r in plan.rankings], np.float64).reshape(-1, 2),
+                  np.array(plan.ks, np.int64), ap, hits, numba.get_num_threads())
+
+
+def _torch_fused(op: str, a: torch.Tensor, b: torch.Tensor, w: tuple) -> torch.Tensor:
+    if op in ("a", "sorted_a"):
+        return a
+    if op in ("b", "sorted_b"):
+        return b
+    if op == "mean":
+        return (a + b) / 2
+    if op == "add":
+        return a + b
+    if op == "mul":
+        return a * b
+    if op == "min":
+        return torch.minimum(a, b)
+    if op == "negfma":
+        return torch.add(a, b, alpha=w[0]).neg_()
+    if op == "lin":
+        return float(np.float32(w[0])) * a + float(np.float32(w[1])) * b
+    raise ParameterError(f"unknown fusion op {op!r}")
+
+
+def _torch_block(plan, block, img_side, txt_side, li, ti, pid, ap, hits) -> None:
+    """The same rankings scored with torch: fused (B, N) rows, sort + binary search (the GPU path)."""
+    dev = plan.device
+    sets = plan.queries.positive_sets
+    positives = pad_positives([sets[k] for k in pid], device=dev)
+    valid = positives >= 0
+    positives.clamp_(min=0)
+    npos = torch.as_tensor(plan.n_pos[block], device=dev)
+    li_t, ti_t = torch.as_tensor(li, device=dev), torch.as_tensor(np.asarray(ti), device=dev)
+    rows = iter(_fallback_rows(plan, img_side, txt_side, li, ti))
+    sa, sb = _slots(plan)
+    for m, r in enumerate(plan.rankings):
+        if r.op == "row":
+            fused, srt = next(rows), None
         else:
-            S_txt, txt_norm, txt_sorted = txt_global
-            t_local = txt_of_pair[block]
-        ti = torch.as_tensor(t_local, device=dev)
-        positives = pad_positives([pos_all[k] for k in pid[block]], device=dev)
-        valid = positives >= 0
-        positives.clamp_(min=0)
-        npos = torch.as_tensor(n_pos[block], device=dev)
-        img_norm = {norm: _norm(S_img, norm) for norm in norms_needed}
-        img_ranks = txt_ranks = None
-        neg_img_tail = txt_tail = buf = None
-        for key in combos:
-            method, lam = key
-            name, norm = parsed[method]
-            if name == "image" or (name == "weicom" and lam == 0.0):
-                if img_ranks is None:
-                    img_sorted = sort_rows(S_img)
-                    img_ranks = positive_ranks(S_img[li], positives, img_sorted[li], valid)
-                ranks = img_ranks
-            elif name == "text" or (name == "weicom" and lam == 1.0):
-                if txt_ranks is None:
-                    txt_sorted = sort_rows(S_txt) if txt_sorted is None else txt_sorted
-                    txt_ranks = positive_ranks(S_txt[ti], positives, txt_sorted[ti], valid)
-                ranks = txt_ranks
-            elif name == "average":
-                ranks = positive_ranks(fuse_normalized(S_img[li], S_txt[ti], "average"), positives, valid=valid)
-            elif name == "weicom":
-                # Rank by -(Q_img + c·Q_txt), c = λ/(1-λ): the WeiCom order (λ·Φ_txt + (1-λ)·Φ_img), see
-                # normalization.weicom_upper_tail, in a single pass over a reused (B, N) buffer.
-                if buf is None:
-                    neg_img_tail, txt_tail = img_norm["tail"][li].neg_(), txt_norm["tail"][ti]
-                    buf = torch.empty_like(txt_tail)
-                torch.add(neg_img_tail, txt_tail, alpha=-lam / (1.0 - lam), out=buf)
-                ranks = positive_ranks(buf, positives, valid=valid)
-            else:
-                fused = fuse_normalized(img_norm[norm][li], txt_norm[norm][ti], name, lam)
-                ranks = positive_ranks(fused, positives, valid=valid)
-            metrics = ranking_metrics(ranks, npos, ks)
-            for col, values in metrics.items():
-                results[key].setdefault(col, []).append((block, values))
-        bar.update(len(block))
-    bar.close()
+            a = img_side.inputs[sa[m]][li_t] if r.op not in ("b", "sorted_b") else None
+            b = txt_side.inputs[sb[m]][ti_t] if r.op not in ("a", "sorted_a") else None
+            fused = _torch_fused(r.op, a, b, r.w)
+            srt = None
+            if r.op == "sorted_a":
+                srt = torch.as_tensor(img_side.sorted, device=dev)[li_t]
+            elif r.op == "sorted_b":
+                srt = torch.as_tensor(txt_side.sorted, device=dev)[ti_t]
+        ranks = positive_ranks(fused, positives, srt, valid)
+        metrics = ranking_metrics(ranks, npos, plan.ks)
+        ap[m, block] = metrics["ap"]
+        for i, k in enumerate(plan.ks):
+            hits[m, i, block] = np.rint(metrics[f"p@{k}"] * k).astype(np.int64)
 
-    frames = []
-    group_cols = queries.group_columns
-    base = table[group_cols].copy()
+
+def _run(plan: Plan, progress: bool, desc: str) -> tuple[np.ndarray, np.ndarray]:
+    n_pairs, n = len(plan.n_pos), plan.X.shape[0]
+    ap = np.full((len(plan.rankings), n_pairs), np.nan)
+    hits = np.zeros((len(plan.rankings), len(plan.ks), n_pairs), np.int64)
+    img_buffers = _Buffers(len(plan.img_inputs), n, plan.device)
+    txt_buffers = _Buffers(len(plan.txt_inputs), n, plan.device)
+    txt_side = None
+    if plan.txt_global:  # few distinct texts (the usual case): score, normalise and sort them once
+        ops = [r.op for r in plan.rankings]
+        txt_side = _score_side(plan, plan.txt_inputs, plan.Qtxt, np.arange(plan.Qtxt.shape[0]), txt_buffers,
+                               "sorted_b" in ops)
+    with tqdm(total=n_pairs, desc=desc, unit="pair", disable=not progress) as bar:
+        for block in _blocks(plan.img_of_pair, plan.max_pairs):
+            _score_block(plan, block, img_buffers, txt_buffers, txt_side, ap, hits)
+            bar.update(len(block))
+    return ap, hits
+
+
+# ----------------------------------------------------------------------------------------- assemble
+def _round_percent(values: np.ndarray, decimals: int | None) -> np.ndarray:
+    """``round(100·v, decimals) / 100`` with Python's rounding, as the official evaluate.py."""
+    if decimals is None:
+        return values
+    return np.array([math.nan if v != v else round(100.0 * v, decimals) / 100.0 for v in values.tolist()])
+
+
+def _assemble(plan: Plan, ap: np.ndarray, hits: np.ndarray, archive) -> pd.DataFrame:
+    queries, table = plan.queries, plan.queries.table
+    n_pairs = len(table)
+    base = table[queries.group_columns].copy()
     base.insert(0, "pair", np.arange(n_pairs))
-    base["n_pos"] = n_pos
-    for (method, lam), cols in results.items():
+    base["n_pos"] = plan.n_pos
+    n_pos_f = plan.n_pos.astype(np.float64)
+    fill = 0.0 if plan.on_empty == "zero" else np.nan
+    frames = []
+    for (method, lam), m in zip(plan.combos, plan.combo_ranking):
         frame = base.copy()
         frame.insert(1, "method", method)
         frame.insert(2, "lambda", np.nan if lam is None else lam)
-        for col, parts in cols.items():
-            values = np.empty(n_pairs, dtype=np.float64)
-            for block, vals in parts:
-                values[block] = vals
-            if col == "ap" or col.startswith("r@"):
-                values[empty] = 0.0 if on_empty == "zero" else np.nan
-            if not np.all(np.isnan(values) | ((values >= 0.0) & (values <= 1.0))): raise AssertionError(f"{col} outside [0, 1] for {method}: a bug, please report it")  # noqa: E701,E501
-            frame[col] = values
+        values = ap[m].copy()
+        values[plan.empty] = fill
+        frame["ap"] = _round_percent(values, plan.ap_decimals)
+        for i, k in enumerate(plan.ks):
+            frame[f"p@{k}"] = _round_percent(hits[m, i] / k, plan.ap_decimals)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rec = hits[m, i] / n_pos_f
+            rec[plan.empty] = fill
+            frame[f"r@{k}"] = _round_percent(rec, plan.ap_decimals)
+        for col in frame.columns[frame.columns.get_loc("ap"):]:
+            values = frame[col].to_numpy()
+            if not np.all(np.isnan(values) | ((values >= 0.0) & (values <= 1.0))):
+                raise AssertionError(f"{col} outside [0, 1] for {method}: a bug, please report it")
         frames.append(frame)
     out = pd.concat(frames, ignore_index=True)
-    out.attrs.update(query_set=queries.name, n_pairs=n_pairs, n_empty=int(empty.sum()), on_empty=on_empty,
-                     archive_size=n_archive, model=_model_of(getattr(archive, "meta", None)))
+    out.attrs.update(query_set=queries.name, n_pairs=n_pairs, n_empty=int(plan.empty.sum()), on_empty=plan.on_empty,
+                     archive_size=int(plan.X.shape[0]), model=_model_of(getattr(archive, "meta", None)),
+                     numerics=plan.numerics, ap_decimals=plan.ap_decimals)
     return out
+
+
+def evaluate(queries: QuerySet, archive, texts=None, methods=("image", "text", "average", "weicom"),
+             lambdas=(0.5,), query_features=None, device="auto", on_empty: str = "zero", ks=(),
+             max_block_mb: int = 512, progress: bool = True, numerics: str = "kit",
+             ap_decimals: int | None = None, backend: str = "auto") -> pd.DataFrame:
+    """Evaluate ``methods`` (and every λ for the methods that take one) on all pairs of ``queries``.
+
+    Args:
+        queries: the query pairs; its positive sets are re-bound to ``archive.paths`` if ordered differently.
+        archive: ImageFeatures-like (``feats`` (N, d) L2-normalised, ``paths`` (N,), ``meta``).
+        texts: TextFeatures (``lookup``) or an encoder (``encode_texts``) for the query texts.
+        methods: names from the registry :data:`rscir_kit.methods.METHODS` (``"add:weicom"`` style for fusions).
+        lambdas: λ values in [0, 1] for WeiCom.
+        query_features: where the query images are looked up (default: the archive).
+        on_empty: pairs without positives: ``"zero"`` (AP 0, the official protocol; counted),
+            ``"skip"`` (AP NaN, left out of means; counted) or ``"error"``.
+        ks: also report P@k and R@k for these k.
+        max_block_mb: memory budget of one block.
+        numerics: ``"kit"`` (saturation-free WeiCom ranking; λ=0 / 1 = raw image / text similarities) or
+            ``"official"`` (every λ, 0 and 1 included, ranked by the float32 score λ·Φ(z_txt) + (1-λ)·Φ(z_img)
+            computed as the official code does, so Φ's saturation ties appear as there). Ties are broken by
+            archive order in both: the official code's ``torch.argsort`` tie order is not reproducible.
+        ap_decimals: round each AP, P@k and R@k (in %) to this many decimals before any averaging, as the
+            official evaluate.py does with 2 (default None: exact).
+        backend: ``"kernel"`` (the compiled CPU kernel), ``"torch"`` (sort-based, any device) or ``"auto"``.
+
+    Returns:
+        DataFrame with one row per (pair, method, λ): ``pair``, ``method``, ``lambda`` (NaN for
+        methods without λ), ``ap`` (0..1), ``n_pos``, the P@k / R@k columns, and the query table's
+        grouping columns. ``attrs`` record the query set, archive size, model, numerics and rounding.
+    """
+    plan = _plan(queries, archive, texts, methods, lambdas, query_features, device, on_empty, ks, max_block_mb,
+                 numerics, ap_decimals, backend)
+    ap, hits = _run(plan, progress, f"evaluate {plan.queries.name}")
+    return _assemble(plan, ap, hits, archive)
 
 
 def summarize(per_pair: pd.DataFrame, by: str | None = "attribute", average_label: str = "avg",
@@ -273,22 +531,40 @@ def summarize(per_pair: pd.DataFrame, by: str | None = "attribute", average_labe
     return rows.reset_index(drop=True)
 
 
-def method_label(method: str, lam) -> str:
-    """Human label: ``WeiCom λ=0.3``, ``Image``, ``Text & Image`` (average), ``add:weicom``..."""
-    names = {"image": "Image", "text": "Text", "average": "Text & Image (avg)", "weicom": "WeiCom"}
-    base = names.get(method, method)
-    if lam is not None and not (isinstance(lam, float) and math.isnan(lam)):
-        return f"{base} λ={lam:g}"
-    return base
+method_label = registry.method_label  # the one label of a (method, λ) row (re-exported for the CLI)
 
 
-def wide_table(summary: pd.DataFrame, by: str = "attribute", order=None) -> pd.DataFrame:
-    """The paper's Table-2 layout: one row per method (and λ), one column per group and ``avg``."""
-    df = summary.assign(row=[method_label(m, lam) for m, lam in zip(summary["method"], summary["lambda"])])
-    wide = df.pivot_table(index="row", columns=by, values="map", sort=False)
-    cols = list(order) if order is not None else [c for c in dict.fromkeys(df[by]) if c != "avg"]
-    cols = [c for c in cols if c in wide.columns] + (["avg"] if "avg" in wide.columns else [])
-    wide = wide[cols]
+def wide_table(summary: pd.DataFrame, by: str = "attribute", order=None, value: str = "map", keys: bool = False,
+               decimals: int | None = 2, average_label: str = "avg") -> pd.DataFrame:
+    """The paper's Table-2 layout of a :func:`summarize` table: one row per (method, λ), one column per group
+    and ``avg`` last; rows in the paper's order (the registry's: Text, Image, Text & Image, WeiCom by λ, ...).
+
+    Columns follow ``order`` if given, else the paper's attributes first, then the others sorted. ``keys=False``: rows indexed by :func:`rscir_kit.methods.method_label` (the CLI table);
+    ``keys=True``: ``method`` and ``lambda`` columns instead (the notebooks' tables, ``plots.summary_to_wide``).
+    ``decimals``: rounding (None: none).
+    """
+    from .reference import ATTRIBUTES
+
+    frame = summary.copy()
+    frame["lambda"] = frame["lambda"].astype(float)
+    rows = list(dict.fromkeys(zip(frame["method"], frame["lambda"].fillna(-1.0))))
+    rows.sort(key=lambda r: registry.order_key(r[0], r[1] if r[1] >= 0 else None))
+    groups = [g for g in dict.fromkeys(frame[by]) if g != average_label]
+    if order is not None:
+        groups = [g for g in order if g in groups]
+    else:
+        groups = [g for g in ATTRIBUTES if g in groups] + sorted(g for g in groups if g not in ATTRIBUTES)
+    cols = groups + ([average_label] if (frame[by] == average_label).any() else [])
+    lookup = {(m, -1.0 if lam != lam else lam, g): v
+              for m, lam, g, v in zip(frame["method"], frame["lambda"], frame[by], frame[value])}
+    data = [[lookup.get((m, lam, g), np.nan) for g in cols] for m, lam in rows]
+    wide = pd.DataFrame(data, columns=cols, dtype=float)
+    if decimals is not None:
+        wide = wide.round(decimals)
+    if keys:
+        wide.insert(0, "method", [m for m, _ in rows])
+        wide.insert(1, "lambda", [np.nan if lam < 0 else lam for _, lam in rows])
+        return wide
+    wide.index = [method_label(m, None if lam < 0 else lam) for m, lam in rows]
     wide.index.name = "method"
-    wide.columns.name = None
-    return wide.round(2)
+    return wide

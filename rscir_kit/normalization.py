@@ -16,26 +16,24 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .methods import NORMALIZATIONS, check_normalization  # noqa: F401  (the names live in the registry)
 
-NORMALIZATIONS = ("none", "zscore", "weicom", "rank")
 _SQRT1_2 = 0.7071067811865476
 
 
-def check_normalization(method: str) -> str:
-    if method not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalisation {method!r}; choose one of {', '.join(NORMALIZATIONS)}")
-    return method
-
-
-def _zscore(scores: torch.Tensor, dim: int) -> torch.Tensor:
+def _moments(scores: torch.Tensor, dim: int):
     n = scores.shape[dim]
     if n < 2:
         raise DataError(f"cannot normalise over an archive of {n} image(s): the unbiased std needs at least 2")
     mean = scores.mean(dim=dim, keepdim=True)
     std = scores.std(dim=dim, keepdim=True, correction=1)
     # A constant score row carries no ranking information: map it to z = 0 instead of NaN.
-    std = torch.where(std > 0, std, torch.ones_like(std))
-    return (scores - mean) / std
+    return mean, torch.where(std > 0, std, torch.ones_like(std))
+
+
+def _zscore(scores: torch.Tensor, dim: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    mean, std = _moments(scores, dim)
+    return torch.sub(scores, mean, out=out).div_(std)
 
 
 def _rank(scores: torch.Tensor, dim: int) -> torch.Tensor:
@@ -46,18 +44,34 @@ def _rank(scores: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.from_numpy(ranks / n).to(device=scores.device, dtype=scores.dtype)
 
 
-def weicom_upper_tail(scores, dim: int = -1):
+def weicom_upper_tail(scores, dim: int = -1, out=None):
     """Q(z) = 1 - Φ(z) of the unbiased z-scores (..., N), computed directly as erfc(z/√2)/2.
 
     Ranking by ``-(λ·Q(z_txt) + (1-λ)·Q(z_img))`` is mathematically identical to ranking by the WeiCom
     score ``λ·Φ(z_txt) + (1-λ)·Φ(z_img)``, but keeps float32 resolution at the top of the ranking: Φ itself
     rounds to exactly 1.0 above z ≈ 5.4 in float32 (z ≈ 8.3 in float64), which would tie the best matches.
+    ``out``: a tensor of the same shape and dtype to write into (it may be ``scores`` itself: in place).
     """
     is_numpy = isinstance(scores, np.ndarray)
     t = torch.from_numpy(scores) if is_numpy else scores
     t = t if torch.is_floating_point(t) else t.to(torch.float32)
-    out = 0.5 * torch.special.erfc(_zscore(t, dim) * _SQRT1_2)  # accurate far into the tail (ndtr(-z) is not)
-    return out.numpy() if is_numpy else out
+    # erfc keeps Q accurate far into the tail; the same element-wise operations as 0.5·erfc(z·√½)
+    res = _zscore(t, dim, out=out).mul_(_SQRT1_2).erfc_().mul_(0.5)
+    return res.numpy() if is_numpy else res
+
+
+def official_cdf(scores, dim: int = -1):
+    """Φ(z) (..., N) exactly as the official WeiCom code computes it (``utils.norm_cdf``), in float32:
+    ``0.5·(1 + erf((s - mean) / (std·√2)))``, unbiased std. Saturates at 1.0 above z ≈ 5.4; the kit's
+    ``numerics="official"`` ranks by it to reproduce the official rankings, ties included.
+    """
+    is_numpy = isinstance(scores, np.ndarray)
+    t = torch.from_numpy(scores) if is_numpy else scores
+    t = t.to(torch.float32)
+    mean = t.mean(dim=dim, keepdim=True)
+    std = t.std(dim=dim, keepdim=True)
+    res = 0.5 * (1 + torch.erf((t - mean) / (std * torch.sqrt(torch.tensor(2.0)))))
+    return res.numpy() if is_numpy else res
 
 
 def normalize(scores, method: str = "weicom", dim: int = -1):

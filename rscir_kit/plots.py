@@ -18,8 +18,9 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 
 from . import reference
-from .analysis import best_lambda, method_label
+from .analysis import best_lambda
 from .config import STANDIN_NAME
+from .methods import method_label
 
 AVG = reference.AVG
 ATTRIBUTE_COLORS = {

@@ -44,15 +44,16 @@ def test_evaluate_patterncom_writes_the_documented_csv(files, capsys):
     got = df[(df.method == "weicom") & (df["lambda"] == "0.3")].set_index("attribute")["map"]
     np.testing.assert_allclose(got[expected.index].to_numpy(float), expected.to_numpy(), atol=1e-4)
     printed = capsys.readouterr().out
-    assert "WeiCom λ=0.3" in printed and "avg" in printed and "query pairs" in printed
+    assert "WeiCom (λ=0.3)" in printed and "avg" in printed and "query pairs" in printed
 
 
 def test_evaluate_rejects_bad_lambda_and_missing_files(files, capsys):
     root, _, _, pc_dir = files
     args = ["evaluate", "patterncom", "--features", str(root / "feats.npz"), "--text-features", str(root / "text.npz"),
             "--patterncom-dir", str(pc_dir), "--methods", "weicom", "--quiet"]
-    with pytest.raises(ValueError, match="λ must lie in"):
-        main(args + ["--lambdas", "1.5"])
+    # a bad λ is a ParameterError (RscirError): one line on stderr, exit code 2, no traceback
+    assert main(args + ["--lambdas", "1.5"]) == 2
+    assert "λ must lie in" in capsys.readouterr().err
     assert main(args[:3] + [str(root / "nope.npz")] + args[4:]) == 2
     assert "nope.npz" in capsys.readouterr().err
 
@@ -64,7 +65,7 @@ def test_python_dash_m_entry_point(files):
                            str(pc_dir), "--attributes", "shape", "--methods", "weicom", "--lambdas", "0.5", "--quiet"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "shape" in proc.stdout and "WeiCom λ=0.5" in proc.stdout
+    assert "shape" in proc.stdout and "WeiCom (λ=0.5)" in proc.stdout
 
 
 def test_evaluate_ucmcom_table_by_direction(tmp_path, capsys):

@@ -148,7 +148,7 @@ def test_summary_table_shapes(synthetic):
         assert attrs.set_index("attribute")["map"]["color"] == pytest.approx(100 * sel[sel.attribute == "color"].ap.mean())
     wide = wide_table(summary, order=ATTRIBUTES)
     assert list(wide.columns) == list(ATTRIBUTES) + ["avg"]
-    assert list(wide.index) == ["Image", "WeiCom λ=0.3", "WeiCom λ=0.6"]
+    assert list(wide.index) == ["Image", "WeiCom (λ=0.3)", "WeiCom (λ=0.6)"]
 
 
 def test_empty_positives_are_counted_and_handled(synthetic, tmp_path):
