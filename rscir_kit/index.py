@@ -68,6 +68,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError, RscirError
+from .methods import check_lambda, upper_tail
+from .methods import weicom_tail as methods_weicom_tail
 
 FORMAT_VERSION = 1
 MODES = ("exact", "fast", "scan")
@@ -77,16 +79,6 @@ _TINY = 1e-12
 
 
 # ----------------------------------------------------------------------------------------- validation
-def _check_lambda(lam) -> float:
-    try:
-        value = float(lam)
-    except (TypeError, ValueError):
-        raise DataError(f"λ (lam) must be a number in [0, 1], got {lam!r}") from None
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
-        raise DataError(f"λ (lam) must lie in [0, 1] (0 = image only, 1 = text only), got {value}")
-    return value
-
-
 def _as_query(q, d: int, name: str) -> np.ndarray | None:
     if q is None:
         return None
@@ -162,25 +154,20 @@ def _progress(it, on: bool, desc: str):
 
 
 # ----------------------------------------------------------------------------------------- scoring
-def _upper_tail(z):
-    from scipy.special import ndtr
-
-    return ndtr(-z)
-
-
 def weicom_tail(s_img, s_txt, lam: float, mean, std) -> np.ndarray:
     """``λ Q(z_txt) + (1-λ) Q(z_img)`` (Q = 1 - Φ): the WeiCom score is ``1 - tail``; lower tail = better.
 
     s_img / s_txt: similarities (float64; None allowed for a modality of weight 0); mean/std: (2,) for
     (image, text). A modality with zero std contributes Φ(0) = 0.5 to every item.
     """
-    out = 0.0
+    q = []
     for s, w, m, sd in ((s_img, 1.0 - lam, mean[0], std[0]), (s_txt, lam, mean[1], std[1])):
         if w == 0.0:
+            q.append(None)
             continue
         z = (np.asarray(s, dtype=np.float64) - m) / sd if sd > 0 else np.zeros(np.shape(s))
-        out = out + w * _upper_tail(z)
-    return np.asarray(out, dtype=np.float64)
+        q.append(upper_tail(z))
+    return np.asarray(methods_weicom_tail(q[0], q[1], lam), dtype=np.float64)
 
 
 def _stable_top(tail: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
@@ -495,7 +482,7 @@ class ArchiveIndex:
         depth: "fast": entries read per list (default 100·k); "exact": first list depth (default from the
         fast candidates, else ≈ √(kN); grown ×4 while the threshold test fails).
         """
-        lam = _check_lambda(lam)
+        lam = check_lambda(lam)
         if mode not in MODES:
             raise DataError(f"unknown search mode {mode!r}; choose from {', '.join(MODES)}")
         k = int(k)
@@ -814,8 +801,6 @@ class _Plan:
 
 
 def _lam_of(lam) -> float:
-    from .methods import check_lambda
-
     return check_lambda(lam)
 
 

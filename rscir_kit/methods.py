@@ -106,10 +106,15 @@ def weicom_rank_key(q_img, q_txt, lam: float, out=None):
 
 
 def weicom_tail(q_img, q_txt, lam: float):
-    """``1 - WeiCom score`` = λ·q_txt + (1-λ)·q_img = (1-λ)·key (λ < 1); lower = better."""
+    """``1 - WeiCom score`` = λ·q_txt + (1-λ)·q_img from upper tails (lower = better), a modality of weight 0
+    skipped (may be None): the same order as :func:`weicom_rank_key` (= (1-λ)·key), written with the
+    weights themselves for callers that report the score (the archive index, float64)."""
     lam = check_lambda(lam)
-    key = weicom_rank_key(q_img, q_txt, lam)
-    return key if lam == 1.0 else (1.0 - lam) * key
+    out = 0.0
+    for q, w in ((q_img, 1.0 - lam), (q_txt, lam)):
+        if w != 0.0:
+            out = out + w * q
+    return out
 
 
 def weicom_rank_scores(s_img, s_txt, lam: float):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.special import ndtr
 
-from rscir_kit.errors import DataError, ModelMismatchError
+from rscir_kit.errors import DataError, ModelMismatchError, ParameterError
 from rscir_kit.index import ArchiveIndex, compute_stats
 
 N, D = 6000, 48
@@ -157,7 +157,7 @@ def test_lambda_and_query_validation(built):
     idx, x = built
     q = x[0]
     for bad in (-0.1, 1.5, float("nan"), "a"):
-        with pytest.raises(DataError, match=r"\[0, 1\]"):
+        with pytest.raises(ParameterError, match=r"\[0, 1\]"):  # the one λ check (methods.check_lambda)
             idx.search(q, q, lam=bad)
     with pytest.raises(DataError, match="text query is needed"):
         idx.search(q, None, lam=0.5)

@@ -160,9 +160,10 @@ def _index_model(idx) -> str:
 
 
 def run_search(args) -> int:
-    from ..index import ArchiveIndex, _check_lambda
+    from ..index import ArchiveIndex
+    from ..methods import check_lambda
 
-    lam = _check_lambda(args.lam)
+    lam = check_lambda(args.lam)
     if args.image is None and args.text is None and args.query_features is None:
         raise DataError("give a query: --image Q.jpg and/or --text TEXT (or --query-features Q.npz)")
     idx = ArchiveIndex.load(args.index)
