@@ -156,19 +156,52 @@ def ranking_metrics(ranks: torch.Tensor, n_pos: torch.Tensor, ks=()) -> dict[str
     return out
 
 
-def average_precision_batch(scores, positives, ks=()) -> dict[str, np.ndarray]:
-    """AP (+P@k, R@k) for each row of ``scores`` (B, N).
+def average_precision_batch(scores, positives, ks=(), backend: str = "auto") -> dict[str, np.ndarray]:
+    """AP (+P@k, R@k) for each row of ``scores`` (B, N), exact, ties by archive order.
 
     ``positives``: a (B, N) bool mask or a list of B index arrays. Returns float64 arrays (B,).
+    backend: ``"kernel"`` (the compiled sort-free kernel, float32 CPU scores), ``"torch"`` (sort + binary
+    search, any device and dtype) or ``"auto"`` (the kernel where it applies).
     """
     s = torch.as_tensor(scores)
     if isinstance(positives, (np.ndarray, torch.Tensor)) and np.asarray(positives).dtype == bool:
         sets = [np.flatnonzero(row) for row in np.asarray(positives)]
     else:
-        sets = [np.asarray(p, dtype=np.int64) for p in positives]
-    pos = pad_positives(sets, device=s.device)
-    n_pos = torch.tensor([len(p) for p in sets], device=s.device)
-    return ranking_metrics(positive_ranks(s, pos), n_pos, ks)
+        sets = [np.unique(np.asarray(p, dtype=np.int64)) for p in positives]
+    if backend == "auto":
+        backend = "kernel" if s.device.type == "cpu" and s.dtype == torch.float32 else "torch"
+    if backend == "torch":
+        pos = pad_positives(sets, device=s.device)
+        n_pos = torch.tensor([len(p) for p in sets], device=s.device)
+        return ranking_metrics(positive_ranks(s, pos), n_pos, ks)
+    rows = np.ascontiguousarray(s.detach().cpu().numpy(), dtype=np.float32)
+    return kernel_metrics(rows, sets, ks)
+
+
+def kernel_metrics(rows: np.ndarray, sets, ks=()) -> dict[str, np.ndarray]:
+    """AP (+P@k, R@k) of each float32 row (B, N) with positive index sets ``sets`` through :func:`block_metrics`."""
+    b, n = rows.shape
+    ks = tuple(int(k) for k in ks)
+    if any(k <= 0 for k in ks):
+        raise ValueError(f"k must be positive, got {list(ks)}")
+    ptr = np.zeros(b + 1, np.int64)
+    ptr[1:] = np.cumsum([len(p) for p in sets])
+    idx = np.concatenate([np.asarray(p, np.int64) for p in sets]) if ptr[-1] else np.zeros(0, np.int64)
+    ap = np.full((1, b), np.nan)
+    hits = np.zeros((1, len(ks), b), np.int64)
+    empty3 = np.zeros((0, 1, n), np.float32)
+    empty2 = np.zeros((0, n), np.float32)
+    ar = np.arange(b, dtype=np.int64)
+    block_metrics(empty3, empty3, rows[None], empty2, empty2, ar, ar, ar, ar, ptr, idx,
+                  np.array([_OP["row"]]), np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros((1, 2)),
+                  np.array(ks, np.int64), ap, hits, numba.get_num_threads())
+    n_pos = np.diff(ptr).astype(np.float64)
+    out = {"ap": ap[0]}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for i, k in enumerate(ks):
+            out[f"p@{k}"] = hits[0, i] / k
+            out[f"r@{k}"] = hits[0, i] / n_pos
+    return out
 
 
 # ----------------------------------------------------------------------------- compiled sort-free kernel
@@ -363,7 +396,7 @@ def block_metrics(img, txt, rows, img_sorted, txt_sorted, li, ti, pair_ids, pset
     hits_out[m, i, pair] = number of positives in the top ks[i]. n_threads: chunks run in parallel.
     """
     n_pairs_block = li.shape[0]
-    n = img.shape[2] if img.shape[0] > 0 else txt.shape[2]
+    n = img.shape[2] if img.shape[0] > 0 else (txt.shape[2] if txt.shape[0] > 0 else rows.shape[2])
     n_chunks = min(n_threads, max(1, n_pairs_block))
     max_p = 1
     for i in range(n_pairs_block):

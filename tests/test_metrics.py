@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from rscir_kit.metrics import (average_precision, average_precision_batch, mean_average_precision,
+from rscir_kit.metrics import (average_precision, average_precision_batch, kernel_metrics, mean_average_precision,
                                precision_at_k, recall_at_k)
 
 
@@ -45,20 +45,22 @@ def test_precision_recall_at_k_hand_computed():
         precision_at_k(scores, rel, 0)
 
 
-def test_batched_matches_reference_with_heavy_ties():
+@pytest.mark.parametrize("backend", ["kernel", "torch"])
+def test_batched_matches_reference_with_heavy_ties(backend):
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 6, size=(64, 300)).astype(np.float32)  # many ties
     rel = rng.random((64, 300)) < 0.1
     rel[0] = False  # one query without positives
     ref = np.array([average_precision(s, r) for s, r in zip(scores, rel)])
-    out = average_precision_batch(scores, rel, ks=(1, 10))
+    out = average_precision_batch(scores, rel, ks=(1, 10), backend=backend)
     np.testing.assert_allclose(out["ap"], ref, rtol=0, atol=1e-12)
     for k in (1, 10):
         np.testing.assert_allclose(out[f"p@{k}"], [precision_at_k(s, r, k) for s, r in zip(scores, rel)])
         np.testing.assert_allclose(out[f"r@{k}"], [recall_at_k(s, r, k) for s, r in zip(scores, rel)])
 
 
-def test_batched_matches_reference_continuous_scores():
+@pytest.mark.parametrize("backend", ["kernel", "torch"])
+def test_batched_matches_reference_continuous_scores(backend):
     rng = np.random.default_rng(1)
     scores = rng.standard_normal((40, 5000)).astype(np.float32)
     sets = [rng.choice(5000, size=rng.integers(1, 300), replace=False) for _ in range(40)]
@@ -66,9 +68,78 @@ def test_batched_matches_reference_continuous_scores():
     for row, idx in enumerate(sets):
         rel[row, idx] = True
     ref = np.array([average_precision(s, r) for s, r in zip(scores, rel)])
-    np.testing.assert_allclose(average_precision_batch(scores, sets)["ap"], ref, atol=1e-12)
+    np.testing.assert_allclose(average_precision_batch(scores, sets, backend=backend)["ap"], ref, atol=1e-12)
 
 
 def test_mean_average_precision_ignores_nan():
     assert mean_average_precision([0.5, float("nan"), 1.0]) == pytest.approx(0.75)
     assert math.isnan(mean_average_precision([float("nan")]))
+
+
+def _slow_loop(scores, sets, ks):
+    """The 1-D reference, one row at a time (full stable argsort)."""
+    out = {"ap": [], **{f"p@{k}": [] for k in ks}}
+    for row, idx in zip(scores, sets):
+        rel = np.zeros(len(row), bool)
+        rel[idx] = True
+        out["ap"].append(average_precision(row, rel))
+        for k in ks:
+            out[f"p@{k}"].append(precision_at_k(row, rel, k))
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def _float32_fusion_rows(rng, b, n):
+    """Rows as the engine fuses them in float32: Φ-normalised products and sums saturate and tie often."""
+    import torch
+
+    from rscir_kit.normalization import normalize
+
+    s = torch.from_numpy(rng.standard_normal((2, b, n)).astype(np.float32))
+    s[:, :, : n // 100] += 40.0  # a few items far in the upper tail (z ≈ 9.6): Φ rounds to exactly 1.0
+    phi = normalize(s, "weicom")
+    rows = torch.cat([phi[0] * phi[1], phi[0] + phi[1], torch.minimum(phi[0], phi[1])])
+    return rows.numpy()
+
+
+@pytest.mark.parametrize("case", ["float32-fusions", "few-levels", "all-equal", "positives-span-archive",
+                                  "everything-positive", "single-positive"])
+def test_kernel_equals_slow_loop(case):
+    """The sort-free kernel against the per-row argsort loop, on heavy ties and on its worst case
+    (positives spread over most of the archive: almost every item falls between the lowest and the
+    highest positive and is bucketed)."""
+    rng = np.random.default_rng(7)
+    b, n = 24, 4000
+    if case == "float32-fusions":
+        scores = _float32_fusion_rows(rng, b // 3, n)
+        b = len(scores)
+    elif case == "few-levels":
+        scores = rng.integers(0, 3, size=(b, n)).astype(np.float32)
+    elif case == "all-equal":
+        scores = np.full((b, n), 0.25, np.float32)
+    else:
+        scores = rng.standard_normal((b, n)).astype(np.float32)
+    if case == "positives-span-archive":
+        sets = [np.sort(rng.choice(n, size=int(n * rng.uniform(0.6, 0.95)), replace=False)) for _ in range(b)]
+        for row, idx in zip(scores, sets):  # lowest and highest scores are positives: the range is everything
+            row[idx[0]], row[idx[-1]] = row.min() - 1, row.max() + 1
+    elif case == "everything-positive":
+        sets = [np.arange(n)] * b
+    elif case == "single-positive":
+        sets = [np.array([rng.integers(n)]) for _ in range(b)]
+    else:
+        sets = [np.sort(rng.choice(n, size=rng.integers(1, n // 2), replace=False)) for _ in range(b)]
+    if case in ("float32-fusions", "few-levels", "all-equal"):
+        # the ties are really there: every row has a group of ≥ 20 equal scores
+        assert all(np.unique(row, return_counts=True)[1].max() >= 20 for row in scores)
+    ks = (1, 7, 100)
+    ref = _slow_loop(scores, sets, ks)
+    got = kernel_metrics(np.ascontiguousarray(scores), sets, ks)
+    np.testing.assert_allclose(got["ap"], ref["ap"], rtol=0, atol=1e-12)
+    for k in ks:
+        np.testing.assert_array_equal(got[f"p@{k}"], ref[f"p@{k}"])
+
+
+def test_kernel_rows_without_positives_get_nan():
+    scores = np.random.default_rng(0).standard_normal((3, 50)).astype(np.float32)
+    out = kernel_metrics(scores, [np.array([], np.int64), np.array([3]), np.array([], np.int64)], ks=(5,))
+    assert np.isnan(out["ap"][0]) and np.isnan(out["ap"][2]) and not np.isnan(out["ap"][1])
