@@ -404,3 +404,19 @@ def cirevl_texts(captioner: Callable, images: Sequence, texts: Sequence[str],
         raise DataError(f"the captioner returned {len(caps)} descriptions for {len(uniq)} images")
     caption_of = {k: (c[0] if len(c) else "") for k, c in zip(uniq, caps)}
     return [rewrite(caption_of[k], t) for k, t in zip(keys, texts)]
+
+
+def slerp_weights(v, w, alpha: float = 0.5, threshold: float = SLERP_THRESHOLD):
+    """Slerp's coefficients (c_v, c_w) per row, (B, 1) each: :func:`slerp` is (c_v·v + c_w·w)/‖·‖, so its
+    similarity row X·q is (c_v·s_img + c_w·s_txt)/‖·‖ — the same ranking from the two similarity rows.
+    Rows with |v·w| > ``threshold`` get the linear fallback's (1−α, α)."""
+    alpha = _check_weight(alpha, "Slerp α")
+    v, is_np = _t(v)
+    w, _ = _t(w)
+    dot = (v * w).sum(-1, keepdim=True)
+    close = dot.abs() > threshold
+    theta = torch.arccos(dot.clamp(-1.0, 1.0))
+    sin = torch.where(close, torch.ones_like(dot), torch.sin(theta))
+    cv = torch.where(close, torch.full_like(dot, 1.0 - alpha), torch.sin((1.0 - alpha) * theta) / sin)
+    cw = torch.where(close, torch.full_like(dot, alpha), torch.sin(alpha * theta) / sin)
+    return _out(cv, is_np), _out(cw, is_np)

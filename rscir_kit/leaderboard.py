@@ -189,7 +189,7 @@ def leaderboard(per_pair: pd.DataFrame, queries, split: QuerySplit, by: str | No
             continue
         reported.append(("selected", fam, *chosen[fam]))
         n_cand = int((v_scores["method"].map(family_of) == fam).sum())
-        if oracle and n_cand > 1:
+        if oracle and n_cand > 1 and best_test[fam] != chosen[fam]:  # same choice: said in the label instead
             reported.append(("oracle", fam, *best_test[fam]))
     parts = []
     for kind, fam, m, lam in reported:
@@ -213,7 +213,8 @@ def leaderboard(per_pair: pd.DataFrame, queries, split: QuerySplit, by: str | No
         if kind == "oracle":
             base += " — oracle (λ on test)"
         elif n_cands.get(fam, 1) > 1:
-            base += " — chosen on validation"
+            base += " — chosen on validation" + (" (= test oracle)" if oracle and best_test.get(fam) == chosen[fam]
+                                                 else "")
         labels.append(base)
     ci.insert(0, "row", labels)
     ci["scale"] = "%"

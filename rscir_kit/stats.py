@@ -38,7 +38,8 @@ def _hash_order(names, seed: int) -> np.ndarray:
     return np.argsort(np.asarray(keys), kind="stable")
 
 
-def _names_digest(names) -> str:
+def images_digest(names) -> str:
+    """A short hash of a set of query image names (order-free): names a split, checks it is reused on them."""
     return hashlib.sha256("\n".join(sorted(names)).encode("utf-8")).hexdigest()[:16]
 
 
@@ -67,7 +68,7 @@ class QuerySplit:
             raise DataError(f"query split of {self.benchmark!r}: {len(both)} image(s) on both sides, "
                             f"e.g. {sorted(both)[:3]}")
         if not self.images_digest:
-            self.images_digest = _names_digest(self.validation + self.test)
+            self.images_digest = images_digest(self.validation + self.test)
 
     def side_of(self, images) -> np.ndarray:
         """(n,) str array "validation" / "test" for query image names; DataError for an unknown image."""
@@ -92,10 +93,10 @@ class QuerySplit:
     def check(self, images) -> None:
         """Raise DataError unless ``images`` are exactly the images this split was made from."""
         names = sorted(set(map(str, images)))
-        if _names_digest(names) != self.images_digest:
+        if images_digest(names) != self.images_digest:
             raise DataError(f"the stored {self.benchmark!r} split was made from other query images "
                             f"({len(self.validation) + len(self.test)} images, digest {self.images_digest}) than "
-                            f"these ({len(names)} images, digest {_names_digest(names)}); delete the split file "
+                            f"these ({len(names)} images, digest {images_digest(names)}); delete the split file "
                             "to make a new one, or evaluate the query set it was made for")
 
     def to_dict(self) -> dict:

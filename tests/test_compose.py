@@ -235,3 +235,14 @@ def test_weimocir_scores_formula_with_fake_captions():
             assert s[b, i] == pytest.approx(0.7 * (q @ X[i]) + 0.3 * q2c, abs=1e-6)
     with pytest.raises(DataError, match="no caption"):
         compose.caption_embeddings([["a"], []], lambda t: np.ones((len(t), 2)))
+
+
+def test_slerp_weights_give_slerp_up_to_its_norm():
+    rng = np.random.default_rng(8)
+    v, w = _unit_rows(rng, 10, 6), _unit_rows(rng, 10, 6)
+    v[2] = w[2]
+    for alpha in (0.0, 0.25, 0.7, 1.0):
+        cv, cw = compose.slerp_weights(v, w, alpha)
+        q = cv * v + cw * w
+        np.testing.assert_allclose(q / np.linalg.norm(q, axis=1, keepdims=True), compose.slerp(v, w, alpha), atol=1e-5)
+        assert (cv >= 0).all() and (cw >= 0).all()   # a positive combination: same ranking as the unit query
