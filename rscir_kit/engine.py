@@ -121,14 +121,17 @@ class Ranking:
 
 def resolve(method: str, lam, numerics: str = "kit") -> Ranking:
     """The ranking the engine computes for (method, λ) under ``numerics``, from the registry."""
-    name, norm = registry.parse_method(method)
+    spec = registry.method_spec(method)
+    if spec.qe is not None:  # query expansion of any method: a row, from the base method's row
+        return Ranking(resolve(spec.base, lam, numerics).inputs, "row", (0.0, 0.0), method, lam)
+    name, norm = spec.name, spec.norm
     entry = registry.REGISTRY[name]
     if entry.alias is not None:
         other = entry.alias(lam, numerics)
         if other is not None:
             return resolve(other, None, numerics)
     if entry.kernel is None:
-        return Ranking(norm if norm != "none" else "raw", "row", (), method, lam)
+        return Ranking(norm if norm != "none" else "raw", "row", (0.0, 0.0), method, lam)
     inputs, op, w = entry.kernel(lam, numerics)
     if inputs is None:
         inputs = "official" if (norm == "weicom" and numerics == "official") else norm
@@ -167,6 +170,7 @@ class Plan:
     on_empty: str
     ap_decimals: int | None
     results: dict = field(default_factory=dict)
+    prepared: dict = field(default_factory=dict)  # method -> state of registry entries with ``prepare``
 
 
 def _plan(queries, archive, texts, methods, lambdas, query_features, device, on_empty, ks, max_block_mb,
@@ -241,10 +245,27 @@ def _plan(queries, archive, texts, methods, lambdas, query_features, device, on_
     pos_ptr = np.zeros(len(sets) + 1, np.int64)
     pos_ptr[1:] = np.cumsum([len(p) for p in sets])
     pos_idx = np.concatenate(sets).astype(np.int64) if len(sets) and pos_ptr[-1] else np.zeros(0, np.int64)
+    prepared = _prepare_methods(combos, queries, archive, texts, X_np, Qimg_np, uniq_txt, img_of_pair, txt_of_pair)
     return Plan(queries, combos, rankings, combo_ranking, img_inputs, txt_inputs,
                 torch.as_tensor(X_np, device=dev), torch.as_tensor(Qimg_np, device=dev),
                 torch.as_tensor(Qtxt_np, device=dev), img_of_pair, txt_of_pair, n_pos, empty, pos_ptr, pos_idx,
-                max_pairs, txt_global, backend, dev, numerics, ks, on_empty, ap_decimals)
+                max_pairs, txt_global, backend, dev, numerics, ks, on_empty, ap_decimals, prepared=prepared)
+
+
+def _prepare_methods(combos, queries, archive, texts, X, Qimg, uniq_txt, img_of_pair, txt_of_pair) -> dict:
+    """Run each registry entry's ``prepare`` once (e.g. FreeDom's per-pair composed queries)."""
+    from types import SimpleNamespace
+
+    ctx = SimpleNamespace(queries=queries, archive=archive, texts=texts, X=X, Qimg=Qimg, uniq_txt=uniq_txt,
+                          img_of_pair=img_of_pair, txt_of_pair=txt_of_pair)
+    out = {}
+    for method, _ in combos:
+        spec = registry.method_spec(method)
+        base = registry.method_spec(spec.base) if spec.qe is not None else spec
+        entry = registry.REGISTRY[base.name]
+        if entry.prepare is not None and base.base not in out:
+            out[base.base] = entry.prepare(ctx, dict(base.options))
+    return out
 
 
 # ----------------------------------------------------------------------------------------- score
@@ -321,15 +342,58 @@ def _score_block(plan: Plan, block: np.ndarray, img_buffers: _Buffers, txt_buffe
         _torch_block(plan, block, img_side, txt_side, li, ti, pid, ap, hits)
 
 
-def _fallback_rows(plan: Plan, img_side: _Side, txt_side: _Side, li, ti) -> list:
+def _ranking_row(plan: Plan, r: Ranking, img_side: _Side, txt_side: _Side, li, ti, block) -> torch.Tensor:
+    """(B, N) float32 row of ranking ``r`` for the block's pairs: a kernel fusion evaluated in torch, a registry
+    fusion, a composed query vector's similarities, or the α-query expansion of another ranking."""
+    dev = plan.device
+
+    def inputs():
+        li_t, ti_t = torch.as_tensor(li, device=dev), torch.as_tensor(np.asarray(ti), device=dev)
+        return (img_side.inputs[plan.img_inputs.index(r.inputs) if r.inputs in plan.img_inputs else 0][li_t],
+                txt_side.inputs[plan.txt_inputs.index(r.inputs) if r.inputs in plan.txt_inputs else 0][ti_t])
+
+    if r.op != "row":
+        return _torch_fused(r.op, *inputs(), r.w)
+    spec = registry.method_spec(r.method)
+    if spec.qe is not None:
+        from .compose import alpha_query_expansion
+
+        base = resolve(spec.base, r.lam, plan.numerics)
+        row = _ranking_row(plan, base, img_side, txt_side, li, ti, block)
+        q = _composed_query(plan, base, block) if base.op == "row" else None
+        qe = dict(spec.qe)
+        return alpha_query_expansion(row, plan.X, query=q, n=int(qe["n"]), alpha=float(qe["alpha"])).to(torch.float32)
+    entry = registry.REGISTRY[spec.name]
+    if entry.rows is not None:  # feature-level methods: rows from a context (no per-pair GEMM where avoidable)
+        from types import SimpleNamespace
+
+        s_img, s_txt = inputs()
+        ib = torch.as_tensor(plan.img_of_pair[block], device=dev)
+        tb = torch.as_tensor(plan.txt_of_pair[block], device=dev)
+        ctx = SimpleNamespace(s_img=s_img, s_txt=s_txt, v=plan.Qimg[ib], w=plan.Qtxt[tb], X=plan.X, lam=r.lam,
+                              options=dict(spec.options), state=plan.prepared.get(spec.base), block=block)
+        return entry.rows(ctx).to(torch.float32)
+    if entry.query is not None:
+        return (_composed_query(plan, r, block) @ plan.X.T).to(torch.float32)
+    return registry.fuse_normalized(*inputs(), spec.name, r.lam).to(torch.float32)
+
+
+def _composed_query(plan: Plan, r: Ranking, block) -> torch.Tensor | None:
+    """(B, d) composed query vectors of a feature-level ranking for the block's pairs (None otherwise)."""
+    spec = registry.method_spec(r.method)
+    entry = registry.REGISTRY[spec.name]
+    if entry.query is None:
+        return None
+    dev = plan.device
+    v = plan.Qimg[torch.as_tensor(plan.img_of_pair[block], device=dev)]
+    w = plan.Qtxt[torch.as_tensor(plan.txt_of_pair[block], device=dev)]
+    q = entry.query(v, w, r.lam, dict(spec.options), plan.prepared.get(spec.base), block)
+    return torch.as_tensor(q, device=dev).to(plan.X.dtype)
+
+
+def _fallback_rows(plan: Plan, img_side: _Side, txt_side: _Side, li, ti, block) -> list:
     """(B, N) rows of the rankings without a kernel fusion (``op == "row"``), from the registry."""
-    out = []
-    for r in plan.rankings:
-        if r.op == "row":
-            a = img_side.inputs[plan.img_inputs.index(r.inputs)][torch.as_tensor(li, device=plan.device)]
-            b = txt_side.inputs[plan.txt_inputs.index(r.inputs)][torch.as_tensor(ti, device=plan.device)]
-            out.append(registry.fuse_normalized(a, b, registry.parse_method(r.method)[0], r.lam).to(torch.float32))
-    return out
+    return [_ranking_row(plan, r, img_side, txt_side, li, ti, block) for r in plan.rankings if r.op == "row"]
 
 
 def _slots(plan: Plan):
@@ -340,7 +404,7 @@ def _slots(plan: Plan):
 
 def _kernel_block(plan, block, img_side, txt_side, li, ti, pid, ap, hits) -> None:
     n = plan.X.shape[0]
-    rows = _fallback_rows(plan, img_side, txt_side, li, ti)
+    rows = _fallback_rows(plan, img_side, txt_side, li, ti, block)
     rows = torch.stack(rows).numpy() if rows else np.zeros((0, 1, n), np.float32)
     sa, sb = _slots(plan)
     row_slot = 0
@@ -387,7 +451,7 @@ def _torch_block(plan, block, img_side, txt_side, li, ti, pid, ap, hits) -> None
     positives.clamp_(min=0)
     npos = torch.as_tensor(plan.n_pos[block], device=dev)
     li_t, ti_t = torch.as_tensor(li, device=dev), torch.as_tensor(np.asarray(ti), device=dev)
-    rows = iter(_fallback_rows(plan, img_side, txt_side, li, ti))
+    rows = iter(_fallback_rows(plan, img_side, txt_side, li, ti, block))
     sa, sb = _slots(plan)
     for m, r in enumerate(plan.rankings):
         if r.op == "row":

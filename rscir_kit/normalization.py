@@ -9,6 +9,9 @@ exactly as in the WeiCom paper and its official code.
 - ``zscore`` : (s - mean) / std.
 - ``weicom`` : Φ(zscore), Φ the standard normal CDF; values in [0, 1].
 - ``rank``   : average rank of each score in ascending order divided by N; values in (0, 1].
+- ``minmax`` : (s - min) / (max - min); values in [0, 1] (:func:`rscir_kit.compose.minmax`).
+- ``rrf``    : 1 / (60 + r), r the 1-based descending rank, ties by archive order (reciprocal-rank fusion's
+  per-list score, :func:`rscir_kit.compose.reciprocal_ranks`).
 """
 from __future__ import annotations
 
@@ -87,6 +90,10 @@ def normalize(scores, method: str = "weicom", dim: int = -1):
         out = _zscore(t, dim)
     elif method == "weicom":
         out = 0.5 * torch.special.erfc(-_zscore(t, dim) * _SQRT1_2)  # Φ(z), accurate for z << 0 too
+    elif method in ("minmax", "rrf"):  # the field's other normalisations (rscir_kit.compose)
+        from . import compose
+
+        out = compose.minmax(t, dim) if method == "minmax" else compose.reciprocal_ranks(t, dim=dim, dtype=t.dtype)
     else:
         out = _rank(t, dim)
     return out.numpy() if is_numpy else out
