@@ -43,7 +43,7 @@ import scipy.special
 from .errors import ParameterError
 
 NUMERICS = ("kit", "official")
-NORMALIZATIONS = ("none", "zscore", "weicom", "rank")
+NORMALIZATIONS = ("none", "zscore", "weicom", "rank", "minmax", "rrf")
 
 
 # ----------------------------------------------------------------------------------- validation
@@ -161,6 +161,11 @@ class Method:
     needs: tuple[str, ...] = ("image", "text")
     kernel: Callable | None = None
     alias: Callable | None = None
+    query: Callable | None = None      # feature-level: (v, w, lam, options, state, block) -> (B, d) composed query
+    rows: Callable | None = None       # its score rows from a context (s_img, s_txt, v, w, X, lam, options, state,
+                                       # block) -> (B, N), ranking exactly as X·query (cheaper than a GEMM)
+    prepare: Callable | None = None    # once per evaluation: (context, options) -> state for ``query``
+    options: dict | None = None        # tunable options and defaults (``"freedom:k=10,m=5"``)
 
 
 def _weicom_kernel(lam, numerics):
@@ -197,6 +202,171 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            doc="minimum of the (normalised) similarities, ranked descending"),
 )}
 
+# ----------------------------------------------------------------------------------- the field's methods
+# Training-free composition methods beyond WeiCom (formulas, sources and slow-reference tests: rscir_kit.compose).
+def _lin_kernel(inputs):
+    return lambda lam, nu: (inputs, "lin", (1.0 - lam, lam))
+
+
+def _harris_fusion(a, b, lam):
+    from . import compose
+
+    return compose.harris(a.clamp(min=0) if hasattr(a, "clamp") else np.maximum(a, 0),
+                          b.clamp(min=0) if hasattr(b, "clamp") else np.maximum(b, 0), lam)
+
+
+def _slerp_query(v, w, lam, options, state, block):
+    from . import compose
+
+    return compose.slerp(v, w, lam)
+
+
+def _slerp_rows(ctx):
+    """X·slerp(v, w) up to its positive norm: c_v·s_img + c_w·s_txt with Slerp's per-pair coefficients
+    (compose.slerp_weights) — the same ranking without a (B, d)·(d, N) product per pair."""
+    from . import compose
+
+    cv, cw = compose.slerp_weights(ctx.v, ctx.w, ctx.lam)
+    return cv * ctx.s_img + cw * ctx.s_txt
+
+
+def _feature_sum_rows(ctx):
+    return (1.0 - ctx.lam) * ctx.s_img + ctx.lam * ctx.s_txt
+
+
+def _feature_sum_query(v, w, lam, options, state, block):
+    from . import compose
+
+    return compose.feature_sum(v, w, lam)
+
+
+def default_vocabulary(queries, archive) -> list[str]:
+    """FreeDom's default vocabulary: the benchmark's class and label names — the archive's labels and the
+    query table's ``label`` / ``query_value`` / ``target_value`` / ``query_class`` values ('_'/'-' → space)."""
+    words = set()
+    for v in np.asarray(getattr(archive, "labels", None) if getattr(archive, "labels", None) is not None else []):
+        words.add(str(v))
+    for col in ("label", "query_class", "query_value", "target_value"):
+        if col in queries.table.columns:
+            words.update(map(str, queries.table[col].dropna().unique()))
+    words = sorted({w.replace("_", " ").replace("-", " ").strip() for w in words} - {""})
+    if not words:
+        raise ParameterError("FreeDom needs a vocabulary: the benchmark has no class/label names; pass "
+                             "'freedom:vocab=/path/words.txt' (one word or phrase a line)")
+    return words
+
+
+def _read_vocabulary(path) -> list[str]:
+    from pathlib import Path
+
+    from .errors import DataError
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    except OSError as exc:
+        raise DataError(f"FreeDom vocabulary {path}: cannot read it ({exc.strerror}); give a text file with one "
+                        "word or phrase a line") from None
+    words = list(dict.fromkeys(w.strip() for w in lines if w.strip() and not w.startswith("#")))
+    if not words:
+        raise DataError(f"FreeDom vocabulary {path} is empty")
+    return words
+
+
+def _encoder_of(texts, what: str):
+    """``encode(list_of_str) -> (T, d)`` from an encoder or TextFeatures (every text must be in the file)."""
+    from .errors import DataError
+
+    if hasattr(texts, "encode_texts"):
+        return lambda batch: np.asarray(texts.encode_texts(list(batch)), dtype=np.float32)
+    if hasattr(texts, "lookup"):
+        def lookup(batch):
+            try:
+                return np.asarray(texts.lookup(list(batch)), dtype=np.float32)
+            except DataError as exc:
+                raise DataError(f"{what} needs texts that are not in the text feature file ({exc}); evaluate "
+                                "with the text encoder (--model) instead of a text feature file") from None
+        return lookup
+    raise ParameterError(f"{what} needs a text encoder or text features")
+
+
+def _freedom_prepare(ctx, options):
+    """FreeDom per pair: proxies and words per distinct query image (rscir_kit.compose.freedom_words), the
+    embeddings of the distinct "word text" strings, and each pair's (string index, weight) lists."""
+    from . import compose
+
+    vocab = _read_vocabulary(options["vocab"]) if options.get("vocab") else default_vocabulary(ctx.queries, ctx.archive)
+    encode = _encoder_of(ctx.texts, "FreeDom")
+    vocab_emb = encode(vocab)
+    idx, wts = compose.freedom_words(ctx.Qimg, ctx.X, vocab_emb, k=int(options["k"]), n=int(options["n"]),
+                                     m=int(options["m"]))
+    idx, wts = idx[ctx.img_of_pair], wts[ctx.img_of_pair]
+    texts = ctx.uniq_txt[ctx.txt_of_pair]
+    combos, pair_idx = {}, np.full(idx.shape, -1, dtype=np.int64)
+    for b in range(len(idx)):
+        for j, word in enumerate(idx[b]):
+            if word >= 0:
+                pair_idx[b, j] = combos.setdefault(f"{vocab[word]} {texts[b]}", len(combos))
+    emb = encode(list(combos)).astype(np.float32)
+    return emb, pair_idx, np.where(pair_idx >= 0, wts, 0.0).astype(np.float32)
+
+
+def _freedom_query(v, w, lam, options, state, block):
+    import torch
+
+    emb, idx, wts = state
+    q = (wts[block][:, :, None] * emb[np.maximum(idx[block], 0)]).sum(axis=1)
+    return torch.as_tensor(q.astype(np.float32), device=v.device)
+
+
+def _freedom_rows(ctx):
+    """Σ_j w_j·(X·g("word_j text")): the similarity rows of the block's distinct composed texts (one GEMM),
+    weighted per pair — the same scores as X·(Σ_j w_j g_j) with m row operations instead of d."""
+    import torch
+
+    emb, idx, wts = ctx.state
+    idx_b, w_b = idx[ctx.block], wts[ctx.block]
+    used, inv = np.unique(np.maximum(idx_b, 0), return_inverse=True)
+    S = torch.as_tensor(emb[used], device=ctx.X.device) @ ctx.X.T                 # (U, N)
+    inv = torch.as_tensor(inv.reshape(idx_b.shape), device=ctx.X.device)
+    out = torch.zeros((len(idx_b), ctx.X.shape[0]), dtype=torch.float32, device=ctx.X.device)
+    for j in range(idx_b.shape[1]):
+        wj = torch.as_tensor(w_b[:, j], dtype=torch.float32, device=ctx.X.device)[:, None]
+        out.add_(wj * S[inv[:, j]])
+    return out
+
+
+for _m in (
+    Method("zscore-sum", "z-score sum", lambda a, b, lam: lam * b + (1.0 - lam) * a, norm="zscore",
+           takes_lambda=True, kernel=_lin_kernel("zscore"),
+           doc="λ·z(s_txt) + (1-λ)·z(s_img), unbiased z over the archive: WeiCom without Φ (compose.zscore_sum)"),
+    Method("minmax-sum", "min–max sum", lambda a, b, lam: lam * b + (1.0 - lam) * a, norm="minmax",
+           takes_lambda=True, kernel=_lin_kernel("minmax"),
+           doc="λ·m(s_txt) + (1-λ)·m(s_img), m = (s-min)/(max-min) over the archive (compose.minmax_sum)"),
+    Method("rrf", "RRF (k=60)", lambda a, b, lam: lam * b + (1.0 - lam) * a, norm="rrf", takes_lambda=True,
+           kernel=_lin_kernel("rrf"),
+           doc="reciprocal-rank fusion, Cormack et al., SIGIR 2009: λ/(60+r_txt) + (1-λ)/(60+r_img) "
+               "(λ=0.5: the classic sum; compose.reciprocal_rank_fusion)"),
+    Method("harris", "Harris (BASIC)", _harris_fusion, takes_lambda=True,
+           doc="Harris fusion of BASIC, Psomas et al., NeurIPS 2025 (github billpsomas/icir): "
+               "a·b − λ(a+b)² on rectified similarities, λ the Harris weight (official default 0.1); "
+               "BASIC's centring/projection/normalisation: rscir_kit.compose"),
+    Method("feature-sum", "feature sum", lambda a, b, lam: lam * b + (1.0 - lam) * a, takes_lambda=True,
+           query=_feature_sum_query, rows=_feature_sum_rows,
+           doc="normalised (1-λ)·v + λ·w (WeiMoCIR's query, Wu et al. 2024; λ=0.5 ranks as the raw average)"),
+    Method("slerp", "Slerp", lambda a, b, lam: None, takes_lambda=True, query=_slerp_query, rows=_slerp_rows,
+           doc="spherical interpolation of v and w at α=λ, Jang et al., ECCV 2024 (github youngkyunJang/SLERP-TAT)"),
+    Method("freedom", "FreeDom", lambda a, b, lam: None, query=_freedom_query, rows=_freedom_rows,
+           prepare=_freedom_prepare,
+           options={"k": 20, "n": 7, "m": 7, "vocab": ""},
+           doc="FreeDom, Efthymiadis et al., WACV 2025 (github NikosEfth/freedom): k proxy images → n words "
+               "each → m most frequent → Σ freq·g('word text'); vocabulary: the benchmark's class/label names"),
+):
+    REGISTRY[_m.name] = _m
+del _m
+
+QE_DEFAULTS = {"n": 10, "alpha": 3.0}
+
+
 #: Method names in the paper's Table-2 row order.
 METHODS = tuple(REGISTRY)
 LAMBDA_METHODS = tuple(m.name for m in REGISTRY.values() if m.takes_lambda)
@@ -212,27 +382,83 @@ def get(method: str) -> Method:
     return REGISTRY[parse_method(method)[0]]
 
 
-def parse_method(method: str) -> tuple[str, str]:
-    """``"add:weicom"`` → ("add", "weicom"); ``"weicom"`` → ("weicom", "weicom"); others their default norm."""
-    name, _, norm = str(method).partition(":")
+@dataclass(frozen=True)
+class MethodSpec:
+    """A parsed method string ``name[:norm | :k=v,…][+qe[:n=…,alpha=…]]``."""
+
+    name: str
+    norm: str
+    options: tuple = ()          # ((key, value), …) for methods with options
+    qe: tuple | None = None      # α-query-expansion options, or None
+    base: str = ""               # the method string without the +qe part
+
+
+def _parse_options(text: str, defaults: dict, what: str) -> tuple:
+    opts = dict(defaults)
+    for part in filter(None, text.split(",")):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or key not in defaults:
+            raise ParameterError(f"{what}: unknown option {part!r}; options are "
+                                 f"{', '.join(f'{k}={v}' for k, v in defaults.items())}")
+        default = defaults[key]
+        try:
+            opts[key] = type(default)(value) if not isinstance(default, str) else value
+        except ValueError:
+            raise ParameterError(f"{what}: option {key} must be a {type(default).__name__}, got {value!r}") from None
+    return tuple(opts.items())
+
+
+def method_spec(method: str) -> MethodSpec:
+    """Parse a method string: ``"add:weicom"``, ``"freedom:k=10,m=5"``, ``"slerp+qe"``, ``"weicom+qe:n=5"``."""
+    text = str(method)
+    base, plus, qe_text = text.partition("+qe")
+    qe = None
+    if plus:
+        if qe_text and not qe_text.startswith(":"):
+            raise ParameterError(f"bad query-expansion suffix in {method!r}: use '+qe' or '+qe:n=10,alpha=3'")
+        qe = _parse_options(qe_text[1:], QE_DEFAULTS, f"query expansion of {method!r}")
+        if dict(qe)["n"] < 1 or dict(qe)["alpha"] < 0:
+            raise ParameterError(f"query expansion of {method!r} needs n ≥ 1 and alpha ≥ 0")
+    name, _, suffix = base.partition(":")
     entry = REGISTRY.get(name)
     if entry is None:
         suffixed = [m.name for m in REGISTRY.values() if m.norm_suffix]
-        raise ParameterError(f"unknown method {method!r}; choose from {', '.join(METHODS)} "
-                             f"({'/'.join(suffixed)} accept ':<norm>', e.g. 'add:weicom')")
-    if norm and not entry.norm_suffix:
+        raise ParameterError(f"unknown method {method!r}; choose from {', '.join(REGISTRY)} "
+                             f"({'/'.join(suffixed)} accept ':<norm>', e.g. 'add:weicom'; any method '+qe')")
+    options = ()
+    if entry.options is not None:
+        options = _parse_options(suffix, entry.options, f"method {name!r}")
+        norm = entry.norm
+    elif suffix and not entry.norm_suffix:
         raise ParameterError(f"method {name!r} takes no normalisation suffix (got {method!r})")
-    return name, check_normalization(norm or entry.norm)
+    else:
+        norm = suffix or entry.norm
+    return MethodSpec(name, check_normalization(norm), options, qe, base)
+
+
+def parse_method(method: str) -> tuple[str, str]:
+    """``"add:weicom"`` → ("add", "weicom"); ``"weicom"`` → ("weicom", "weicom"); others their default norm
+    (option and ``+qe`` suffixes are parsed by :func:`method_spec`)."""
+    spec = method_spec(method)
+    return spec.name, spec.norm
 
 
 def method_label(method: str, lam=None) -> str:
     """The one human label of a (method, λ) row: ``Image``, ``Text & Image``, ``WeiCom (λ=0.3)``,
     ``Add (weicom norm)``. CLI tables, notebook tables and figure legends all use it."""
-    name, norm = parse_method(method)
+    spec = method_spec(method)
+    name, norm = spec.name, spec.norm
     entry = REGISTRY[name]
     label = entry.label
     if entry.norm_suffix and norm != entry.norm:
         label = f"{label} ({norm} norm)"
+    changed = [f"{k}={v}" for k, v in spec.options if v != entry.options[k]]
+    if changed:
+        label = f"{label} ({', '.join(changed)})"
+    if spec.qe is not None:
+        label = f"{label} + αQE" + ("" if dict(spec.qe) == QE_DEFAULTS else
+                                     f" (n={dict(spec.qe)['n']}, α={dict(spec.qe)['alpha']:g})")
     if lam is None or (isinstance(lam, float) and math.isnan(lam)):
         return label
     return f"{label} (λ={float(lam):g})"
