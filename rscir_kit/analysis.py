@@ -39,12 +39,16 @@ def wide_to_dict(wide: pd.DataFrame) -> dict[str, dict[str, float]]:
 
 
 def table2(wide: pd.DataFrame, model: str | None = None, dataset: str | None = None,
-           ref_model: str | None = None) -> pd.DataFrame:
+           ref_model: str | None = None, source: str | None = None, comparison=None) -> pd.DataFrame:
     """Table 2 layout: one row per method (label in the paper's style), one column per attribute + avg,
-    values mAP %.  When (dataset, model) is the paper's setup (or ``ref_model`` forces a model key), each
-    column is followed by the paper's number (``<attr> paper``) and, for WeiCom at the paper's λ, the
-    official code release's average (``avg code``)."""
+    values mAP %.  When (dataset, model) are the paper's (or ``ref_model`` forces a model key), each column is
+    followed by the published number (``<attr> ref``) of ``source`` (default :data:`reference.DEFAULT_SOURCE`,
+    the current official README; ``frame.attrs["reference_source"]`` names it). ``comparison`` (a
+    :class:`reference.Comparison`) decides instead: published columns only when the run is the paper's setup."""
     key = ref_model or reference.paper_setup_key(dataset, model)
+    src = source or reference.DEFAULT_SOURCE
+    if comparison is not None:
+        key, src = (comparison.key if comparison.paper_setup else None), comparison.source
     value_cols = [c for c in wide.columns if c not in ("method", "lambda")]
     rows = []
     for _, r in wide.iterrows():
@@ -53,15 +57,13 @@ def table2(wide: pd.DataFrame, model: str | None = None, dataset: str | None = N
         for col in value_cols:
             row[col] = float(r[col]) if pd.notna(r[col]) else float("nan")
             if key is not None:
-                ref = reference.reference_lookup(key, r["method"], lam, col)
-                row[f"{col} paper"] = float("nan") if ref is None else ref
-        if key is not None:
-            code = reference.code_release_avg(key)
-            row["avg code"] = next((v for l, v in code.items()
-                                    if r["method"] == "weicom" and lam is not None and abs(l - lam) < 1e-9),
-                                   float("nan"))
+                ref = reference.reference_lookup(key, r["method"], lam, col, source=src)
+                row[f"{col} ref"] = float("nan") if ref is None else ref
         rows.append(row)
-    return pd.DataFrame(rows).set_index("method")
+    frame = pd.DataFrame(rows).set_index("method")
+    if key is not None:
+        frame.attrs["reference_source"] = src
+    return frame
 
 
 def table2_lambdas(best: float, ref_key: str | None, available: Iterable[float]) -> list[float]:

@@ -38,6 +38,12 @@ def cache_dir() -> Path:
     return _env_path("RSCIR_CACHE") or Path("~/.cache/rscir_kit/features").expanduser()
 
 
+def weights_cache() -> Path:
+    """Where the kit unpacks downloaded weight archives (SkyCLIP zips) and remembers weights' SHA-256:
+    ``~/.cache/rscir_kit/weights``."""
+    return Path("~/.cache/rscir_kit/weights").expanduser()
+
+
 def output_dir() -> Path:
     """Output folder of the main job: ``$RSCIR_OUTPUT`` or ``./outputs``."""
     return _env_path("RSCIR_OUTPUT") or Path("outputs").resolve()

@@ -16,10 +16,12 @@ OpenAI's CLIP was trained with QuickGELU (``x * sigmoid(1.702 x)``); open_clip's
 uses ``nn.GELU``. Loading OpenAI-trained weights into the plain config silently changes the network
 (open_clip issue #771: fine-tunes started from ``--pretrained openai`` ran with QuickGELU, because old open_clip
 hard-coded it for that tag, but evaluating the fine-tuned file with the plain arch uses GELU).
-RemoteCLIP, GeoRSCLIP and SkyCLIP were all fine-tuned from OpenAI CLIP with the open_clip code base, so
-their weights expect QuickGELU too.
+RemoteCLIP (trained with ITRA), GeoRSCLIP and SkyCLIP ViT-L/14 descend from OpenAI CLIP, so their weights expect
+QuickGELU too; SkyCLIP ViT-B/32 descends from OpenCLIP laion2b_e16 (GELU). Each preset's ``provenance`` says so
+with its source.
 
-* ``activation="auto"`` (default): the correct activation — QuickGELU for the presets and for open_clip tags
+* ``activation="auto"`` (default): the correct activation — what each preset's weights were trained with (QuickGELU
+  for OpenAI-descended weights, GELU for SkyCLIP ViT-B/32, initialised from laion2b_e16) and for open_clip tags
   whose pretrained config says ``quick_gelu`` (``openai``); otherwise what the architecture config says. For
   ``ARCH:/path/ckpt.pt`` of unknown origin "auto" keeps ARCH's config: pass ``activation="quickgelu"``
   (or use an ``ARCH-quickgelu`` name) if the checkpoint descends from OpenAI CLIP.
@@ -32,14 +34,24 @@ The activation actually present in the built network is stored in ``enc.meta["ac
 
 Offline use
 -----------
-``local-dir:`` folders that hold an ``hf_hub_cache/`` seed (the stand-in does) are handled here: the seed is
-copied into the Hugging Face hub cache without overwriting anything; if that cache is not writable the seed
-is used directly while the model is built. Preset checkpoints are looked up in ``$RSCIR_WEIGHTS`` (file name
-as published, e.g. ``RemoteCLIP-ViT-L-14.pt``) before downloading.
+``local-dir:`` folders whose Hugging Face text tower config is bundled in an ``hf_hub_cache/`` seed (the stand-in's
+is) build that tower from the bundled files: nothing is downloaded, nothing is written into the user's Hugging Face
+cache and no library setting is changed (``HF_HUB_OFFLINE=1`` is all an offline machine needs). Preset checkpoints
+are looked up in ``$RSCIR_WEIGHTS`` under their published names (``RemoteCLIP-ViT-L-14.pt``; SkyCLIP: the zip
+``SkyCLIP_ViT_B32_top50pct.zip`` or the folder it unpacks to) before downloading; zips are downloaded (resumably)
+and unpacked into the kit's cache (``~/.cache/rscir_kit/weights``).
+
+Configuration and identity
+--------------------------
+``load_encoder(spec, setup="paper")`` builds the paper's configuration (GELU, fp32, official numerics; see
+:mod:`rscir_kit.modelsetup`). ``enc.meta`` records the resolved configuration and the weights' SHA-256, and every
+artefact made with the encoder carries it.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import shutil
 import zipfile
 from dataclasses import dataclass, field
@@ -50,40 +62,45 @@ import numpy as np
 
 from . import config
 from .errors import RscirError
-from .io import atomic_path, download_file
+from .io import download_file
+from .modelsetup import ModelSetup, PRECISIONS, resolve_setup, weights_sha256
 
 ACTIVATIONS = {"auto": "auto", "quickgelu": "quickgelu", "gelu": "gelu", "official": "gelu"}
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 # --------------------------------------------------------------------------------------------- presets
 @dataclass(frozen=True)
 class Preset:
-    """A named, published model: open_clip ``arch`` plus where its weights come from.
+    """A named, published model: open_clip ``arch`` plus where its weights come from and how they are laid out.
 
     Exactly one source: ``tag`` (open_clip pretrained tag), ``hf_repo`` + ``hf_file`` (a checkpoint file on
     the Hugging Face hub), or ``url`` (+ ``member_suffix``: a zip holding the checkpoint).
+    ``activation``: what the weights were trained with (``activation="auto"`` builds it).
+    ``layout``: how the published file stores the weights (``state_dict``: a plain state dict;
+    ``training_checkpoint``: an open_clip training checkpoint ``{"state_dict": {"module.…": …}, "epoch": …}``).
+    ``provenance``: one line, with its source.
     """
 
     name: str
     arch: str
     doc: str
+    provenance: str
     tag: str | None = None
     hf_repo: str | None = None
     hf_file: str | None = None
     url: str | None = None
     member_suffix: str | None = None
     activation: str = "quickgelu"
+    layout: str = "state_dict"
     reference: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def checkpoint_name(self) -> str | None:
-        """File name looked for in ``$RSCIR_WEIGHTS`` before downloading."""
+        """Published file name looked for in ``$RSCIR_WEIGHTS`` before downloading (a zip, or the folder it unpacks to)."""
         if self.hf_file:
             return Path(self.hf_file).name
         if self.url:
-            return f"{self.name}.pt"
+            return Path(self.url).name
         return None
 
     @property
@@ -92,39 +109,60 @@ class Preset:
             return f"open_clip tag {self.arch}:{self.tag}"
         if self.hf_repo:
             return f"hf://{self.hf_repo}/{self.hf_file}"
-        return str(self.url)
+        return f"{self.url} (member */{self.member_suffix})"
 
+
+_SKYSCRIPT = "https://opendatasharing.s3.us-west-2.amazonaws.com/SkyScript/ckpt/"
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("openai-vit-l-14", "ViT-L-14", "OpenAI CLIP ViT-L/14 (224 px, 768-d); the WeiCom paper's CLIP baseline.",
+           "OpenAI CLIP, trained with QuickGELU (open_clip pretrained tag 'openai', quick_gelu=True).",
            tag="openai", reference="Radford et al., 2021"),
     Preset("openai-vit-b-32", "ViT-B-32", "OpenAI CLIP ViT-B/32 (224 px, 512-d).",
+           "OpenAI CLIP, trained with QuickGELU (open_clip pretrained tag 'openai', quick_gelu=True).",
            tag="openai", reference="Radford et al., 2021"),
+    Preset("remoteclip-rn50", "RN50", "RemoteCLIP ResNet-50 (1024-d): OpenAI CLIP RN50 fine-tuned on remote sensing.",
+           "Fine-tuned from OpenAI CLIP with the ITRA code base, converted to an open_clip state dict "
+           "(github.com/ChenDelong1999/RemoteCLIP README, 'Load RemoteCLIP'; the authors load it into plain RN50).",
+           hf_repo="chendelong/RemoteCLIP", hf_file="RemoteCLIP-RN50.pt", reference="Liu et al., TGRS 2024"),
     Preset("remoteclip-vit-b-32", "ViT-B-32", "RemoteCLIP ViT-B/32: OpenAI CLIP fine-tuned on remote sensing captions.",
+           "Fine-tuned from OpenAI CLIP with the ITRA code base, converted to an open_clip state dict "
+           "(github.com/ChenDelong1999/RemoteCLIP README; the authors load it into plain ViT-B-32).",
            hf_repo="chendelong/RemoteCLIP", hf_file="RemoteCLIP-ViT-B-32.pt", reference="Liu et al., TGRS 2024"),
     Preset("remoteclip-vit-l-14", "ViT-L-14",
            "RemoteCLIP ViT-L/14 (768-d): the backbone of the WeiCom / PatternCom paper results.",
+           "Fine-tuned from OpenAI CLIP with the ITRA code base, converted to an open_clip state dict "
+           "(github.com/ChenDelong1999/RemoteCLIP README; the authors and the official WeiCom code load it into "
+           "plain, GELU ViT-L-14: --setup paper).",
            hf_repo="chendelong/RemoteCLIP", hf_file="RemoteCLIP-ViT-L-14.pt", reference="Liu et al., TGRS 2024"),
     Preset("georsclip-vit-b-32", "ViT-B-32", "GeoRSCLIP ViT-B/32: OpenAI CLIP fine-tuned on RS5M.",
+           "Fine-tuned from OpenAI CLIP on RS5M; the published file is a state dict converted from the training "
+           "layout (text_backbone./image_backbone. keys) that the authors load into ViT-B/32 built with "
+           "pretrained='openai', i.e. QuickGELU (github.com/om-ai-lab/RS5M README and inference/convert_weight.py).",
            hf_repo="Zilun/GeoRSCLIP", hf_file="ckpt/RS5M_ViT-B-32.pt", reference="Zhang et al., RS5M, 2023"),
     Preset("skyclip-vit-b-32", "ViT-B-32",
-           "SkyCLIP ViT-B/32 (SkyScript, top-50% subset): OpenAI CLIP continually pre-trained on SkyScript.",
-           url="https://opendatasharing.s3.us-west-2.amazonaws.com/SkyScript/ckpt/SkyCLIP_ViT_B32_top50pct.zip",
-           member_suffix="epoch_20.pt", reference="Wang et al., SkyScript, AAAI 2024"),
+           "SkyCLIP ViT-B/32 (SkyScript top-50% subset): OpenCLIP laion2b_e16 continually pre-trained on SkyScript.",
+           "Initialised from open_clip ViT-B-32 laion2b_e16 (GELU) and trained with open_clip; the zip holds an open_clip "
+           "training checkpoint epoch_20.pt (github.com/wangzhecheng/SkyScript README, 'Download model checkpoints' and "
+           "'Training'; its evaluation builds ViT-B-32 without QuickGELU).",
+           url=_SKYSCRIPT + "SkyCLIP_ViT_B32_top50pct.zip", member_suffix="epoch_20.pt", activation="gelu",
+           layout="training_checkpoint", reference="Wang et al., SkyScript, AAAI 2024"),
     Preset("skyclip-vit-l-14", "ViT-L-14",
-           "SkyCLIP ViT-L/14 (SkyScript, top-30% subset filtered by CLIP-laion-RS).",
-           url="https://opendatasharing.s3.us-west-2.amazonaws.com/SkyScript/ckpt/"
-               "SkyCLIP_ViT_L14_top30pct_filtered_by_CLIP_laion_RS.zip",
-           member_suffix="epoch_20.pt", reference="Wang et al., SkyScript, AAAI 2024"),
+           "SkyCLIP ViT-L/14 (SkyScript top-30% subset filtered by CLIP-laion-RS).",
+           "Initialised from OpenAI CLIP ViT-L-14 and trained with open_clip; the zip holds an open_clip training "
+           "checkpoint epoch_20.pt (github.com/wangzhecheng/SkyScript README; its evaluation forces QuickGELU for "
+           "ViT-L-14, cross_modal_retrieval.ipynb).",
+           url=_SKYSCRIPT + "SkyCLIP_ViT_L14_top30pct_filtered_by_CLIP_laion_RS.zip", member_suffix="epoch_20.pt",
+           layout="training_checkpoint", reference="Wang et al., SkyScript, AAAI 2024"),
 ]}
 
 
 def list_presets():
-    """Table (pandas DataFrame) of the presets: name, arch, activation, weights source, description."""
+    """Table (pandas DataFrame) of the presets: name, arch, activation, weights source, layout, description, provenance."""
     import pandas as pd
 
-    rows = [{"name": p.name, "arch": p.arch, "activation": p.activation, "weights": p.source,
-             "reference": p.reference, "description": p.doc} for p in PRESETS.values()]
+    rows = [{"name": p.name, "arch": p.arch, "activation": p.activation, "weights": p.source, "layout": p.layout,
+             "reference": p.reference, "description": p.doc, "provenance": p.provenance} for p in PRESETS.values()]
     return pd.DataFrame(rows)
 
 
@@ -267,6 +305,10 @@ class _Plan:
     auto_quick_gelu: bool    # what activation="auto" resolves to
     tokenizer_name: str
     extra: dict
+    architecture: str = ""   # open_clip architecture (config name, or "custom:<config hash>" for local-dir)
+    weights_file: Path | None = None  # the weights file, when known before building (hashed for the identity)
+    tag_cfg: dict | None = None       # open_clip pretrained config of a tag (downloaded before building)
+    model_kwargs: dict = field(default_factory=dict)  # config overrides (a local text-tower config, see _text_seed)
 
 
 def _parse_spec(spec: str, cache_dir: str | None) -> _Plan:
@@ -285,7 +327,7 @@ def _parse_spec(spec: str, cache_dir: str | None) -> _Plan:
             return plan
         ckpt = _fetch_preset(p, cache_dir)
         return _Plan(p.arch, str(ckpt), p.name, p.name, p.activation == "quickgelu", p.arch,
-                     {"checkpoint": str(ckpt), "weights_bytes": Path(ckpt).stat().st_size})
+                     {"checkpoint": str(ckpt), "weights_bytes": Path(ckpt).stat().st_size}, p.arch, Path(ckpt))
     if not spec.startswith(("local-dir:", "hf-hub:")) and (Path(spec).expanduser() / "open_clip_config.json").is_file():
         spec = f"local-dir:{spec}"  # a bare folder in open_clip's local-dir format
     if spec.startswith("local-dir:"):
@@ -297,9 +339,11 @@ def _parse_spec(spec: str, cache_dir: str | None) -> _Plan:
         cfg = _read_json(path / "open_clip_config.json").get("model_cfg", {})
         ckpt = _weights_file(path)
         extra = {"weights_bytes": ckpt.stat().st_size} if ckpt else {}
-        return _Plan(name, None, name, f"local-dir:{path.name}", bool(cfg.get("quick_gelu", False)), name, extra)
+        arch = "custom:" + hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+        return _Plan(name, None, name, f"local-dir:{path.name}", bool(cfg.get("quick_gelu", False)), name, extra,
+                     arch, ckpt, model_kwargs=_text_seed(path, cfg))
     if spec.startswith("hf-hub:"):
-        return _Plan(spec, None, spec, spec, False, spec, {})
+        return _Plan(spec, None, spec, spec, False, spec, {}, spec)
     arch, sep, pretrained = spec.partition(":")
     if spec in PRESETS or arch in PRESETS:
         raise RscirError(f"preset {arch!r} takes no ':' suffix (got {spec!r})")
@@ -310,6 +354,7 @@ def _parse_spec(spec: str, cache_dir: str | None) -> _Plan:
                          + ". Forms: PRESET, ARCH:tag, ARCH:/path/ckpt.pt, hf-hub:org/name, local-dir:/path")
     arch = arch.replace("/", "-")
     arch_quick = bool(open_clip.get_model_config(arch).get("quick_gelu", False))
+    base_arch = arch[: -len("-quickgelu")] if arch.endswith("-quickgelu") else arch
     if not sep or not pretrained:
         raise RscirError(f"model spec {spec!r} names an architecture but no weights: use {arch}:TAG (tags: "
                          f"{open_clip.list_pretrained_tags_by_model(arch)}) or {arch}:/path/to/checkpoint.pt")
@@ -318,19 +363,17 @@ def _parse_spec(spec: str, cache_dir: str | None) -> _Plan:
         quick = arch_quick or bool(tag_cfg.get("quick_gelu", False))
         same = [p.name for p in PRESETS.values() if (p.arch, p.tag) == (arch, pretrained)]
         short = same[0] if same else f"{arch}:{pretrained}"  # ViT-L-14:openai and openai-vit-l-14 compare equal
-        return _Plan(arch, pretrained, f"{arch}:{pretrained}", short, quick, arch, {})
+        return _Plan(arch, pretrained, f"{arch}:{pretrained}", short, quick, arch, {}, base_arch, tag_cfg=tag_cfg)
     ckpt = Path(pretrained).expanduser()
     if not ckpt.is_file():
         raise RscirError(f"model spec {spec!r}: {pretrained!r} is neither an open_clip tag of {arch} "
                          f"({open_clip.list_pretrained_tags_by_model(arch)}) nor an existing checkpoint file")
     ckpt = ckpt.resolve()
     return _Plan(arch, str(ckpt), f"{arch}:{ckpt}", f"{arch}:{ckpt.parent.name}/{ckpt.name}", arch_quick, arch,
-                 {"checkpoint": str(ckpt), "weights_bytes": ckpt.stat().st_size})
+                 {"checkpoint": str(ckpt), "weights_bytes": ckpt.stat().st_size}, base_arch, ckpt)
 
 
 def _read_json(path: Path) -> dict:
-    import json
-
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
@@ -342,19 +385,90 @@ def _weights_file(folder: Path) -> Path | None:
     return None
 
 
+def _text_seed(folder: Path, model_cfg: dict) -> dict:
+    """Config override pointing a Hugging Face text tower at the config bundled in ``<folder>/hf_hub_cache/``.
+
+    A ``local-dir:`` model whose text tower is a Hugging Face model (``text_cfg.hf_model_name = "org/name"``) needs
+    that model's ``config.json`` at build time (the weights come from the folder's checkpoint). When the folder
+    carries a hub-cache seed holding it (the offline stand-in does), the tower is built from that local snapshot:
+    no download, no write into the user's Hugging Face cache, no patched library globals. Returns ``{}`` otherwise
+    (the config is then fetched from the hub as usual, honouring ``HF_HUB_CACHE`` / ``HF_HUB_OFFLINE``).
+    """
+    text_cfg = dict(model_cfg.get("text_cfg") or {})
+    repo = str(text_cfg.get("hf_model_name") or "")
+    seed = folder / "hf_hub_cache"
+    if "/" not in repo or Path(repo).is_dir() or not seed.is_dir():
+        return {}
+    snapshots = seed / f"models--{repo.replace('/', '--')}" / "snapshots"
+    ref = seed / f"models--{repo.replace('/', '--')}" / "refs" / "main"
+    candidates = []
+    if ref.is_file():
+        candidates.append(snapshots / ref.read_text(encoding="utf-8").strip())
+    candidates += sorted(snapshots.glob("*")) if snapshots.is_dir() else []
+    for snap in candidates:
+        if (snap / "config.json").is_file():
+            text_cfg.update(hf_model_name=str(snap), hf_model_pretrained=False)
+            return {"text_cfg": text_cfg}
+    return {}
+
+
 # ------------------------------------------------------------------------------------ weight downloads
-def _offline_hint(file_name: str | None = None) -> str:
-    where = (f"put it in the folder named by $RSCIR_WEIGHTS as {file_name}, or pass the spec ARCH:/path/to/{file_name}"
-             if file_name else "pass the spec ARCH:/path/to/checkpoint.pt (or local-dir:/folder for open_clip folders)")
+def _offline_hint(file_name: str | None = None, member: str | None = None) -> str:
+    where = (f"put it in the folder named by $RSCIR_WEIGHTS as {file_name}, or pass the spec "
+             f"ARCH:/path/to/{member or file_name}" if file_name else "pass the spec ARCH:/path/to/checkpoint.pt (or local-dir:/folder for open_clip folders)")
     return (f"If this machine is offline: download the weights on a machine with internet, then {where}. Hugging Face "
             "downloads honour HF_HUB_CACHE / HF_HOME, and HF_HUB_OFFLINE=1 makes them use only that cache.")
 
 
-def _fetch_preset(p: Preset, cache_dir: str | None) -> Path:
-    """Local checkpoint file of a preset: ``$RSCIR_WEIGHTS/<file>`` if present, else downloaded (cached)."""
+def _local_preset_file(p: Preset, cache_dir: str | None) -> Path | None:
+    """A preset's checkpoint already on disk: in ``$RSCIR_WEIGHTS`` under its published name, or in the kit's cache."""
     root = config.weights_root()
-    if root is not None and p.checkpoint_name and (root / p.checkpoint_name).is_file():
-        return root / p.checkpoint_name
+    if p.hf_file:
+        return root / p.checkpoint_name if root is not None and (root / p.checkpoint_name).is_file() else None
+    folders = [root / Path(p.checkpoint_name).stem] if root is not None else []
+    folders.append(_preset_cache(p, cache_dir))
+    for folder in folders:
+        found = sorted(folder.rglob(f"*{p.member_suffix}")) if folder.is_dir() else []
+        if found:
+            return found[0]
+    if root is not None and (root / p.checkpoint_name).is_file():  # the published zip itself, not unpacked yet
+        return _unpack_member(p, root / p.checkpoint_name, _preset_cache(p, cache_dir), delete=False)
+    return None
+
+
+def _preset_cache(p: Preset, cache_dir: str | None) -> Path:
+    return Path(cache_dir).expanduser() / p.name if cache_dir else config.weights_cache() / p.name
+
+
+def _unpack_member(p: Preset, zip_path: Path, dest_dir: Path, delete: bool) -> Path:
+    """Extract the checkpoint member of a preset's zip into ``dest_dir`` (atomically); returns its path."""
+    from .io import atomic_path
+
+    try:
+        with zipfile.ZipFile(zip_path) as z:
+            members = [m for m in z.namelist() if m.endswith(p.member_suffix)]
+            if not members:
+                raise RscirError(f"{zip_path} holds no file ending in {p.member_suffix} (members: "
+                                 f"{z.namelist()[:5]}); it is not the published {p.checkpoint_name}")
+            target = dest_dir / Path(members[0]).name
+            with atomic_path(target) as tmp, z.open(members[0]) as src, open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 22)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        if delete:
+            zip_path.unlink(missing_ok=True)
+        raise RscirError(f"{zip_path} is not a readable zip ({type(exc).__name__}: {exc}); "
+                         + ("it was deleted: run again to download it anew" if delete else
+                            f"replace it with the published {p.checkpoint_name} from {p.url}")) from exc
+    if delete:
+        zip_path.unlink(missing_ok=True)
+    return target
+
+
+def _fetch_preset(p: Preset, cache_dir: str | None) -> Path:
+    """Local checkpoint file of a preset: ``$RSCIR_WEIGHTS/<published name>`` if present, else downloaded (cached)."""
+    local = _local_preset_file(p, cache_dir)
+    if local is not None:
+        return local
     if p.hf_repo:
         try:
             from huggingface_hub import hf_hub_download
@@ -364,66 +478,40 @@ def _fetch_preset(p: Preset, cache_dir: str | None) -> Path:
             raise RscirError(f"cannot get the weights of preset {p.name!r} (file {p.hf_file} of Hugging Face repo "
                              f"{p.hf_repo}): {type(exc).__name__}: {str(exc).strip().rstrip('.')}. "
                              f"{_offline_hint(p.checkpoint_name)}") from exc
-    dest_dir = Path(cache_dir or Path("~/.cache/rscir_kit/weights").expanduser()) / p.name
-    found = sorted(dest_dir.rglob(f"*{p.member_suffix}")) if dest_dir.is_dir() else []
-    if found:
-        return found[0]
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    zip_path = dest_dir / Path(p.url).name
+    dest_dir = _preset_cache(p, cache_dir)
+    zip_path = dest_dir / p.checkpoint_name
     try:
         download_file(p.url, zip_path, desc=f"{p.name} weights")
-        with zipfile.ZipFile(zip_path) as z:
-            z.extractall(dest_dir)
-        zip_path.unlink()
+    except RscirError as exc:
+        raise RscirError(f"cannot download the weights of preset {p.name!r}: {exc} "
+                         f"{_offline_hint(p.checkpoint_name, p.member_suffix)}") from exc
+    return _unpack_member(p, zip_path, dest_dir, delete=True)
+
+
+def _tag_weights(plan: _Plan, cache_dir: str | None) -> Path | None:
+    """Download (or find in the cache) the file of an open_clip pretrained tag, as open_clip itself does."""
+    from open_clip.pretrained import download_pretrained
+
+    try:
+        target = download_pretrained(plan.tag_cfg, cache_dir=cache_dir)
     except Exception as exc:
-        raise RscirError(f"cannot download the weights of preset {p.name!r} from {p.url}: {type(exc).__name__}: {exc}. "
-                         f"Unzip it yourself and pass {p.arch}:/path/to/{p.member_suffix}. "
-                         f"{_offline_hint(p.checkpoint_name)}") from exc
-    found = sorted(dest_dir.rglob(f"*{p.member_suffix}"))
-    if not found:
-        raise RscirError(f"{p.url} held no file ending in {p.member_suffix} (unpacked in {dest_dir})")
-    return found[0]
+        raise RscirError(f"cannot get the weights of {plan.model_id!r} (open_clip tag {plan.pretrained!r}): "
+                         f"{type(exc).__name__}: {str(exc).strip().rstrip('.')}. {_offline_hint()}") from exc
+    return Path(target) if target else None
 
 
-def seed_hf_cache(seed: Path) -> Path | None:
-    """Copy a Hugging Face hub-cache seed into the active hub cache without overwriting anything.
-
-    Returns the cache folder written to, or None when it is not writable (caller then uses the seed directly).
-    """
-    from huggingface_hub import constants
-
-    target = Path(constants.HF_HUB_CACHE)
+def _hf_hub_weights(spec: str, cache_dir: str | None) -> Path | None:
+    """The cached weights file of an ``hf-hub:`` model after open_clip fetched it (None when not found)."""
     try:
-        for src in seed.rglob("*"):
-            if src.is_dir():
-                continue
-            dst = target / src.relative_to(seed)
-            if dst.exists() or dst.is_symlink():
-                continue
-            with atomic_path(dst) as tmp:
-                shutil.copyfile(src, tmp)
-        return target
-    except OSError:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - huggingface_hub is an open_clip dependency
         return None
-
-
-@contextlib.contextmanager
-def _hf_cache_from(seed: Path | None):
-    """While building a ``local-dir:`` model: make its ``hf_hub_cache/`` seed visible to transformers."""
-    if seed is None or not seed.is_dir():
-        yield
-        return
-    from huggingface_hub import constants
-
-    if seed_hf_cache(seed) is not None:
-        yield
-        return
-    old = constants.HF_HUB_CACHE
-    constants.HF_HUB_CACHE = str(seed)  # read-only cache is fine: only cached files are needed
-    try:
-        yield
-    finally:
-        constants.HF_HUB_CACHE = old
+    repo = spec[len("hf-hub:"):].split("@")[0]
+    for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, name, cache_dir=cache_dir)
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    return None
 
 
 # ------------------------------------------------------------------------------------------ load_encoder
@@ -435,40 +523,54 @@ def _resolve_precision(precision: str, device) -> str:
     return precision
 
 
-def load_encoder(spec: str | None = None, device: str = "auto", precision: str = "auto", activation: str = "auto",
-                 cache_dir: str | None = None) -> Encoder:
+def load_encoder(spec: str | None = None, device: str = "auto", precision: str | None = None,
+                 activation: str | None = None, cache_dir: str | None = None, setup: str | ModelSetup | None = None,
+                 numerics: str | None = None) -> Encoder:
     """Build an :class:`Encoder` from a model spec (see module doc). ``spec=None`` -> ``config.default_model()``.
 
+    setup: a named configuration (``"default"``, ``"paper"``: GELU + fp32 + official numerics) or a
+        :class:`~rscir_kit.modelsetup.ModelSetup`; ``activation`` / ``precision`` / ``numerics`` override its fields.
     device: "auto" (``$RSCIR_DEVICE``, else CUDA when present, else CPU), "cpu", "cuda", "cuda:1".
     precision: "auto" (fp16 on CUDA, fp32 on CPU), "fp32", "fp16", "bf16".
     activation: "auto" | "quickgelu" | "gelu" | "official" (= "gelu", as the official WeiCom code).
-    cache_dir: where downloaded weights go (default: the Hugging Face / open_clip caches).
+    numerics: "kit" | "official", recorded in ``meta`` for the evaluations that use this encoder's features.
+    cache_dir: where downloaded weights go (default: the Hugging Face / open_clip caches, and the kit's cache for
+        zip downloads).
+
+    ``enc.meta`` holds the resolved configuration (:data:`rscir_kit.modelsetup.CONFIG_KEYS`), including the
+    weights' SHA-256.
     """
     import open_clip
     import torch
 
     spec = spec or config.default_model()
-    if activation not in ACTIVATIONS:
+    requested = "auto" if activation is None else activation
+    if activation is not None and activation not in ACTIVATIONS:
         raise RscirError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-    act = ACTIVATIONS[activation]
+    if precision is not None and precision not in PRECISIONS:
+        raise RscirError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    chosen = resolve_setup(setup, activation=activation, precision=precision, numerics=numerics)
+    if activation is None:
+        requested = chosen.activation
+    act = chosen.activation
     if device in (None, "", "auto"):
         device = config.default_device()
     dev = config.resolve_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RscirError(f"device {device!r} requested but CUDA is not available here (torch {torch.__version__}); "
                          "use device='auto' or 'cpu' (CLI: --device cpu, or unset RSCIR_DEVICE)")
-    prec = _resolve_precision(precision, dev)
+    prec = _resolve_precision(chosen.precision, dev)
     plan = _parse_spec(spec, cache_dir)
     quick = plan.auto_quick_gelu if act == "auto" else act == "quickgelu"
     model_name = plan.model_name
     if not quick and model_name.endswith("-quickgelu"):
         model_name = model_name[: -len("-quickgelu")]
-    kwargs = dict(precision=prec, device=dev, force_quick_gelu=quick, cache_dir=cache_dir)
-    seed = None
-    if model_name.startswith("local-dir:"):
-        seed = Path(model_name[len("local-dir:"):]) / "hf_hub_cache"
+    weights = plan.weights_file
+    if plan.tag_cfg is not None:
+        weights = _tag_weights(plan, cache_dir)
+    kwargs = dict(precision=prec, device=dev, force_quick_gelu=quick, cache_dir=cache_dir, **plan.model_kwargs)
     try:
-        with _hf_cache_from(seed), _quiet_quickgelu_warning(act):
+        with _quiet_quickgelu_warning(act):
             model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=plan.pretrained, **kwargs)
             tokenizer = open_clip.get_tokenizer(plan.tokenizer_name, cache_dir=cache_dir)
     except RscirError:
@@ -477,20 +579,23 @@ def load_encoder(spec: str | None = None, device: str = "auto", precision: str =
         text = str(exc).strip().rstrip(".")
         offline = any(s in text for s in ("connect", "offline", "Offline", "cached files", "resolve", "Network"))
         hint = _offline_hint() if offline else "Check the spec and that the checkpoint matches the architecture."
-        if seed is not None and not seed.is_dir() and offline:
+        if model_name.startswith("local-dir:") and offline and not plan.model_kwargs:
             hint = ("This model's text tower config is fetched from the Hugging Face hub; offline, set HF_HUB_CACHE to "
                     "a cache holding it (or add an hf_hub_cache/ seed folder beside open_clip_config.json) and "
                     "HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1.")
         raise RscirError(f"cannot load model {spec!r}: {type(exc).__name__}: {text}. {hint}") from exc
     if act == "gelu" and detect_activation(model) == "quickgelu":
-        raise RscirError(f"activation={activation!r} asked for GELU but the config of {spec!r} fixes QuickGELU; "
+        raise RscirError(f"activation={requested!r} asked for GELU but the config of {spec!r} fixes QuickGELU; "
                          "load the checkpoint as ARCH:/path/ckpt.pt with a non-quickgelu ARCH instead")
+    if weights is None and model_name.startswith("hf-hub:"):
+        weights = _hf_hub_weights(model_name, cache_dir)
     model.eval()
     dtype = _input_dtype(model, prec)
     extra = dict(plan.extra)
-    extra["precision"] = prec
+    extra.update(precision=prec, setup=chosen.name, numerics=chosen.numerics, architecture=plan.architecture,
+                 weights_sha256=weights_sha256(weights) if weights is not None and Path(weights).is_file() else None)
     return Encoder(model, preprocess, tokenizer, model_id=plan.model_id, model_name=plan.short_name,
-                   activation_requested=activation, device=dev, dtype=dtype, extra_meta=extra)
+                   activation_requested=requested, device=dev, dtype=dtype, extra_meta=extra)
 
 
 def _input_dtype(model, prec: str):
@@ -504,6 +609,12 @@ def _input_dtype(model, prec: str):
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(prec, torch.float32)
 
 
+#: open_clip's warning when GELU meets a QuickGELU-trained tag, in the wording of every supported version
+#: (3.x: "QuickGELU mismatch between final model config ..."; 2.x: "These pretrained weights were trained with
+#: QuickGELU activation but the model config does not have that enabled ...").
+QUICKGELU_WARNING = r"(QuickGELU mismatch|These pretrained weights were trained with QuickGELU)"
+
+
 @contextlib.contextmanager
 def _quiet_quickgelu_warning(act: str):
     """open_clip warns when GELU meets the openai tag; with activation="gelu" that is the user's explicit choice."""
@@ -511,6 +622,5 @@ def _quiet_quickgelu_warning(act: str):
 
     with warnings.catch_warnings():
         if act == "gelu":
-            warnings.filterwarnings("ignore", message="QuickGELU mismatch")
+            warnings.filterwarnings("ignore", message=QUICKGELU_WARNING)
         yield
-

@@ -27,8 +27,11 @@ from .errors import DataError, ModelMismatchError
 from .io import atomic_write
 from .names import match_names
 
-# Keys compared by check_same_model; STRICT_KEYS are added for resuming/reusing an extraction.
-MODEL_KEYS = ("model_name", "activation", "embed_dim", "image_size", "weights_bytes")
+# Keys compared by check_same_model (the configuration, see rscir_kit.modelsetup); STRICT_KEYS are added for
+# resuming/reusing an extraction. The weights are compared by SHA-256 when both sides record it, else by model name
+# and file size (artefacts of older kit versions).
+MODEL_KEYS = ("architecture", "activation", "precision", "embed_dim", "image_size")
+IDENTITY_KEYS = ("model_name", "weights_bytes")
 STRICT_KEYS = ("preprocess", "dtype")
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 
@@ -82,41 +85,49 @@ def check_rows(feats: np.ndarray, meta: dict, source: str, names=None) -> np.nda
 
 
 def _describe(meta: dict) -> str:
-    parts = [str(meta.get("model_name") or meta.get("model") or "unknown model")]
-    for k in ("activation", "embed_dim", "dtype"):
-        if k in meta:
-            parts.append(f"{k}={meta[k]}")
-    return " ".join(parts)
+    from .modelsetup import describe_config
+
+    return describe_config(meta)
+
+
+def _meta_value(meta: dict, key: str):
+    if key == "model_name":
+        return meta.get("model_name") or meta.get("model")
+    value = meta.get(key)
+    return list(value) if isinstance(value, tuple) else value
 
 
 def check_same_model(meta_a: dict, meta_b: dict, strict: bool = False, names: tuple[str, str] = ("a", "b")) -> None:
-    """Raise ModelMismatchError when two metadata dicts come from different models.
+    """Raise ModelMismatchError (one line, with the fix) when two artefacts' configurations differ.
 
-    Compares model name, activation, embedding size, input size and weights size (when both record them);
-    ``strict=True`` also compares preprocessing and dtype (used for resuming/reusing an extraction).
-    Metadata imported from an official pickle without a model name only triggers a warning.
+    Compares the weights (SHA-256 when both record it, else model name and weights size), architecture, activation,
+    precision, embedding size and input size (each when both record it); ``strict=True`` also compares
+    preprocessing and dtype (used for resuming/reusing an extraction). Metadata without a model (an official pickle
+    loaded without ``model=``) only triggers a warning.
     """
+    from .modelsetup import flags_for
+
     unknown = [n for n, m in zip(names, (meta_a, meta_b)) if not (m.get("model_name") or m.get("model"))]
     if unknown:
         warnings.warn(f"cannot verify that {' and '.join(unknown)} come from the same model (no model recorded, e.g. an "
                       "imported official pickle); pass model= when loading it to enable the check", stacklevel=2)
         return
-    keys = MODEL_KEYS + (STRICT_KEYS if strict else ())
+    sha_a, sha_b = meta_a.get("weights_sha256"), meta_b.get("weights_sha256")
+    keys = (("weights_sha256",) if sha_a and sha_b else IDENTITY_KEYS) + MODEL_KEYS + (STRICT_KEYS if strict else ())
     diffs = []
     for k in keys:
-        a = meta_a.get(k if k != "model_name" or "model_name" in meta_a else "model")
-        b = meta_b.get(k if k != "model_name" or "model_name" in meta_b else "model")
+        a, b = _meta_value(meta_a, k), _meta_value(meta_b, k)
         if a is None or b is None:
             continue
-        if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
-            a, b = list(a) if isinstance(a, (list, tuple)) else a, list(b) if isinstance(b, (list, tuple)) else b
         if a != b:
             diffs.append(f"{k}: {a!r} vs {b!r}")
     if diffs:
+        model = meta_a.get("model") or meta_a.get("model_name")
+        flags = flags_for(meta_a)
         raise ModelMismatchError(
             f"{names[0]} ({_describe(meta_a)}) and {names[1]} ({_describe(meta_b)}) come from different models or "
-            f"settings ({'; '.join(diffs)}). Re-extract one of them with the same --model/activation/precision, or "
-            "delete the stale file / choose another output path.")
+            f"settings ({'; '.join(diffs)}). Make both with one configuration (for {names[0]}'s: --model {model}"
+            f"{' ' + flags if flags else ''}), or delete the stale file / choose another output path.")
 
 
 # ------------------------------------------------------------------------------------ image features

@@ -187,8 +187,10 @@ def write_text_atomic(path, text: str) -> Path:
 
 
 def download_file(url: str, dest: Path, md5: str | None = None, desc: str | None = None) -> Path:
-    """Download ``url`` to ``dest`` (temp file + ``os.replace``), with a tqdm bar.
+    """Download ``url`` to ``dest`` with a tqdm bar, resumably.
 
+    Bytes go to ``<dest>.part``; an interrupted download resumes from there (HTTP ``Range``; a server that ignores
+    it sends the whole file, which then replaces the part). On completion the part file is moved to ``dest``.
     ``md5``: expected digest; a mismatch only warns (callers verify the content's structure).
     Raises DataError (with the URL) when the download fails.
     """
@@ -197,22 +199,40 @@ def download_file(url: str, dest: Path, md5: str | None = None, desc: str | None
     from tqdm.auto import tqdm
 
     dest = Path(dest)
-    digest = hashlib.md5()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.is_file() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
-        with atomic_path(dest, suffix=".part") as tmp, open(tmp, "wb") as out, \
-                urllib.request.urlopen(url, timeout=60) as resp:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=desc or dest.name) as bar:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            resumed = have > 0 and resp.status == 206
+            length = int(resp.headers.get("Content-Length") or 0)
+            total = (have + length if resumed else length) or None
+            with open(part, "ab" if resumed else "wb") as out, \
+                    tqdm(total=total, initial=have if resumed else 0, unit="B", unit_scale=True,
+                         desc=desc or dest.name) as bar:
                 while True:
                     chunk = resp.read(1 << 20)
                     if not chunk:
                         break
                     out.write(chunk)
-                    digest.update(chunk)
                     bar.update(len(chunk))
+                out.flush()
+                os.fsync(out.fileno())
+            if total is not None and part.stat().st_size != total:
+                raise OSError(f"connection closed after {part.stat().st_size} of {total} bytes; run again to resume")
     except OSError as exc:
-        raise DataError(f"could not download {url} ({exc}). Download it by hand and put it at {dest}.") from exc
-    if md5 is not None and digest.hexdigest() != md5:
-        warnings.warn(f"{dest}: MD5 {digest.hexdigest()} differs from the recorded {md5}; "
-                      f"checking the extracted content instead.", stacklevel=2)
+        if getattr(exc, "code", None) == 416:  # range not satisfiable: the part file is stale
+            part.unlink(missing_ok=True)
+        raise DataError(f"could not download {url} ({exc}). Run again to resume, or download it by hand and put it "
+                        f"at {dest}.") from exc
+    if md5 is not None:
+        digest = hashlib.md5()
+        with open(part, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+        if digest.hexdigest() != md5:
+            warnings.warn(f"{dest}: MD5 {digest.hexdigest()} differs from the recorded {md5}; "
+                          f"checking the extracted content instead.", stacklevel=2)
+    os.replace(part, dest)
     return dest

@@ -76,9 +76,22 @@ class NotebookParams:
     size: int | None
     batch_size: int
     extra: dict[str, Any] = field(default_factory=dict)
+    setup: str = "default"            # named model configuration (rscir_kit.modelsetup.SETUPS)
+    reference_source: str = "readme-current"  # published table a run is compared with (rscir_kit.reference)
 
     def as_dict(self) -> dict[str, Any]:
         return _jsonable(asdict(self))
+
+    @property
+    def model_setup(self):
+        """The :class:`~rscir_kit.modelsetup.ModelSetup` named by ``setup``."""
+        from .modelsetup import resolve_setup
+
+        return resolve_setup(self.setup)
+
+    @property
+    def numerics(self) -> str:
+        return self.model_setup.numerics
 
     @property
     def quick(self) -> bool:
@@ -102,14 +115,16 @@ def check_lambdas(lambdas: Iterable[float]) -> list[float]:
 
 def setup(notebook: str, *, dataset: str = "ucmcom", data_root=None, model: str | None = None, cache_dir=None,
           lambdas=None, device: str | None = "auto", output_dir=None, size: int | None = None,
-          batch_size: int = 64, **extra) -> NotebookParams:
+          batch_size: int = 64, setup: str | None = None, reference_source: str | None = None,
+          **extra) -> NotebookParams:
     """Resolve a notebook's papermill parameters.
 
     ``None`` means "from the environment": ``data_root`` ← ``$RSCIR_DATA``, ``model`` ←
     :func:`rscir_kit.config.default_model`, ``cache_dir`` ← ``$RSCIR_CACHE``, ``output_dir`` ←
     ``$RSCIR_OUTPUT/<notebook>``, ``device`` ``"auto"`` ← ``$RSCIR_DEVICE``, ``size`` ← ``$RSCIR_SIZE`` (a
-    quick-run knob for CI tools that cannot pass parameters, e.g. ``pytest --nbval-lax``; unset = full run).
-    Creates the output folder."""
+    quick-run knob for CI tools that cannot pass parameters, e.g. ``pytest --nbval-lax``; unset = full run),
+    ``setup`` ← ``"default"`` (``"paper"``: GELU + fp32 + official numerics), ``reference_source`` ←
+    ``"readme-current"``. Creates the output folder."""
     absolutize_env()
     if size is None and os.environ.get("RSCIR_SIZE", "").strip():
         try:
@@ -129,6 +144,13 @@ def setup(notebook: str, *, dataset: str = "ucmcom", data_root=None, model: str 
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     if device in (None, "", "auto"):
         device = config.default_device()
+    from . import reference
+    from .modelsetup import resolve_setup
+
+    setup = resolve_setup(setup or "default").name
+    reference_source = reference_source or reference.DEFAULT_SOURCE
+    if reference_source not in reference.SOURCES:
+        raise DataError(f"unknown reference_source {reference_source!r}: choose one of {', '.join(reference.SOURCES)}")
     params = NotebookParams(
         notebook=stem,
         dataset=dataset,
@@ -141,6 +163,8 @@ def setup(notebook: str, *, dataset: str = "ucmcom", data_root=None, model: str 
         size=size,
         batch_size=batch_size,
         extra=dict(extra),
+        setup=setup,
+        reference_source=reference_source,
     )
     params.output_dir.mkdir(parents=True, exist_ok=True)
     return params
@@ -306,7 +330,8 @@ class Benchmark:
                 "classes": len(set(self.images.labels)), "embed_dim": int(self.archive.feats.shape[1]),
                 "query_pairs": len(t), "query_images": int(t["query_path"].nunique()),
                 "texts": int(t["text"].nunique()), "attributes": sorted(t["attribute"].unique().tolist()),
-                "image_features": str(self.image_features_path), "text_features": str(self.text_features_path)}
+                "image_features": str(self.image_features_path), "text_features": str(self.text_features_path),
+                **{k: self.archive.meta.get(k) for k in ("setup", "activation", "precision", "weights_sha256")}}
 
 
 def archive_images(params: NotebookParams):
@@ -356,10 +381,10 @@ def load_benchmark(params: NotebookParams, encoder=None, progress: bool = True, 
     """Archive image features, query texts' features and the QuerySet of ``params``, cached in
     ``params.cache_dir``.
 
-    Cache files: ``<dataset>_<model>_<file-list hash>.npz`` (images, resumable) and
-    ``<dataset>_<model>_texts_<hash of the texts>.npz``.  The model is loaded (``encoder``, default
-    ``load_encoder(params.model)``) only when something must be computed; cached files made by another model
-    are refused (ModelMismatchError from :mod:`rscir_kit.features`)."""
+    Cache files: ``<dataset>_<model>[_<setup>]_<file-list hash>.npz`` (images, resumable) and
+    ``<dataset>_<model>[_<setup>]_texts_<hash of the texts>.npz`` (no setup part for ``default``).  The model is
+    loaded (``encoder``, default ``load_encoder(params.model, setup=params.setup)``) only when something must be
+    computed; cached files made by another model or configuration are refused (ModelMismatchError)."""
     import hashlib
     import time
 
@@ -367,7 +392,7 @@ def load_benchmark(params: NotebookParams, encoder=None, progress: bool = True, 
 
     start = time.perf_counter()
     images = archive_images(params)
-    slug = model_slug(params.model)
+    slug = model_slug(params.model) + ("" if params.setup == "default" else f"_{params.setup}")
     params.cache_dir.mkdir(parents=True, exist_ok=True)
     img_path = params.cache_dir / f"{params.dataset}_{slug}_{images.fingerprint()[:12]}.npz"
 
@@ -376,13 +401,13 @@ def load_benchmark(params: NotebookParams, encoder=None, progress: bool = True, 
         if encoder is None:
             from .encoders import load_encoder
 
-            encoder = load_encoder(params.model, device=params.device)
+            encoder = load_encoder(params.model, device=params.device, setup=params.setup)
         return encoder
 
     extracted = False
     if img_path.is_file() and resume:
         archive = ImageFeatures.load(img_path)
-        _check_cached_model(archive.meta, params.model, img_path)
+        _check_cached_model(archive.meta, params.model, img_path, params.model_setup)
     else:
         archive = extract_image_features(images, get_encoder(), img_path, batch_size=params.batch_size,
                                          resume=resume, progress=progress)
@@ -394,19 +419,45 @@ def load_benchmark(params: NotebookParams, encoder=None, progress: bool = True, 
     texts = None
     if txt_path.is_file() and resume:
         texts = TextFeatures.load(txt_path)
-        _check_cached_model(texts.meta, params.model, txt_path)
+        _check_cached_model(texts.meta, params.model, txt_path, params.model_setup)
         if texts.texts.tolist() != unique:
             texts = None
     if texts is None:
         texts = encode_texts(unique, get_encoder(), out=txt_path, batch_size=max(params.batch_size, 64))
+    from .features import check_same_model
+
+    check_same_model(archive.meta, texts.meta, names=(str(img_path), str(txt_path)))
     return Benchmark(params.dataset, params.model, images, archive, texts, queries.bind(archive.paths), img_path,
                      txt_path, extracted, time.perf_counter() - start)
 
 
-def _check_cached_model(meta: dict, model: str, path: Path) -> None:
+def _check_cached_model(meta: dict, model: str, path: Path, setup=None) -> None:
     from .errors import ModelMismatchError
 
     recorded = (meta or {}).get("model")
     if recorded and str(recorded) != str(model) and model_slug(recorded) != model_slug(model):
         raise ModelMismatchError(f"{path} was made with model {recorded!r}, not {model!r}; delete it or use "
                                  "another cache_dir")
+    if setup is not None:
+        for key in ("activation", "precision"):
+            want, got = getattr(setup, key), (meta or {}).get(key)
+            if want != "auto" and got not in (None, "n/a") and got != want:
+                raise ModelMismatchError(f"{path} was made with {key}={got}, not the {key}={want} of setup "
+                                         f"{setup.name!r}; delete it or use another cache_dir")
+
+
+def run_config(params: NotebookParams, bench: Benchmark) -> dict:
+    """The configuration of a notebook's run (for :func:`rscir_kit.reference.compare_run` and the figures): the
+    archive features' recorded configuration plus the numerics the evaluation uses."""
+    return dict(bench.archive.meta, numerics=evaluate_options(params).get("numerics", "kit"))
+
+
+def evaluate_options(params: NotebookParams) -> dict:
+    """Keyword arguments of :func:`rscir_kit.engine.evaluate` that the setup fixes (``numerics``)."""
+    import inspect
+
+    from .engine import evaluate
+
+    if "numerics" in inspect.signature(evaluate).parameters:
+        return {"numerics": params.numerics}
+    return {}

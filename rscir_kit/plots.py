@@ -70,10 +70,16 @@ def stamp(fig, model: str | None, extra: str | None = None):
 
 
 def plot_table2(wide: pd.DataFrame, model: str | None = None, dataset: str | None = None,
-                title: str | None = None, ref_model: str | None = None):
-    """Grouped bars: mAP per attribute (and avg) for each method row of ``wide``; when the setup is the
-    paper's, the paper's values are drawn as black ticks on the bars."""
+                title: str | None = None, ref_model: str | None = None, source: str | None = None,
+                comparison=None):
+    """Grouped bars: mAP per attribute (and avg) for each method row of ``wide``; when (dataset, model) are the
+    paper's (or ``ref_model`` names a paper model), the published values of ``source`` (default: the current
+    official README) are drawn as black ticks on the bars; ``comparison`` (a :class:`reference.Comparison`) decides
+    instead: ticks only when the run is the paper's setup."""
     key = ref_model or reference.paper_setup_key(dataset, model)
+    src = source or reference.DEFAULT_SOURCE
+    if comparison is not None:
+        key, src = (comparison.key if comparison.paper_setup else None), comparison.source
     cols = [c for c in wide.columns if c not in ("method", "lambda")]
     n_rows = len(wide)
     fig, ax = plt.subplots(figsize=(max(7.0, 1.4 * len(cols) + 2), 4.2))
@@ -91,10 +97,10 @@ def plot_table2(wide: pd.DataFrame, model: str | None = None, dataset: str | Non
                 ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.1f}", ha="center", va="bottom", fontsize=6,
                         rotation=90)
         if key is not None:
-            refs = [reference.reference_lookup(key, r["method"], lam, c) for c in cols]
+            refs = [reference.reference_lookup(key, r["method"], lam, c, source=src) for c in cols]
             ref_vals = np.array([np.nan if v is None else v for v in refs], dtype=float)
             ax.scatter(pos, ref_vals, marker="_", s=200, color="black", zorder=3,
-                       label="paper" if i == 0 else None)
+                       label=f"published ({src})" if i == 0 else None)
             if np.isfinite(ref_vals).any():
                 top = max(top, float(np.nanmax(ref_vals)))
     ax.set_xticks(x)

@@ -30,7 +30,8 @@ def test_evaluate_patterncom_writes_the_documented_csv(files, capsys):
                  "weicom", "--lambdas", "0.3,0.5", "--out", str(out), "--quiet"])
     assert code == 0
     df = pd.read_csv(out, keep_default_na=False)
-    assert list(df.columns) == ["method", "lambda", "attribute", "map"]
+    assert list(df.columns) == (["method", "lambda", "attribute", "map"] + [f"{m}@{k}" for m in "pr" for k in (5, 10, 15, 20)]
+                                + ["model", "setup", "activation", "precision", "numerics", "weights_sha256"])
     assert len(df) == 5 * (len(ATTRIBUTES) + 1)  # image, text, average, weicom×2; six attributes + avg
     assert set(df[df.method != "weicom"]["lambda"]) == {""}
     assert sorted(set(df[df.method == "weicom"]["lambda"])) == ["0.3", "0.5"]
@@ -89,6 +90,6 @@ def test_evaluate_ucmcom_table_by_direction(tmp_path, capsys):
                  str(tmp_path / "text.npz"), "--methods", "image", "weicom", "--lambdas", "0.5", "--by", "direction",
                  "--out", str(out), "--quiet"]) == 0
     df = pd.read_csv(out, keep_default_na=False)
-    assert list(df.columns) == ["method", "lambda", "direction", "map"]
+    assert list(df.columns[:4]) == ["method", "lambda", "direction", "map"]
     assert list(df.direction[:3]) == ["add", "remove", "avg"]
     assert "8000 query pairs" in capsys.readouterr().out

@@ -74,7 +74,7 @@ def test_query_construction_follows_the_protocol(synthetic):
     t = qs.table
     # density: dense/sparse residential merge into one group, so each of their rows gets the other value
     dens = t[(t.attribute == "density") & (t.query_class == "denseresidential")]
-    assert set(dens.text) == {"sparse"} and set(dens.group) == {"residential"}
+    assert set(dens.text) == {"sparse"} and set(dens.group) == {"densityresidential"}
     # a dense-residential query asking for "sparse" is relevant to sparse-residential images (global merge)
     pos = qs.positives(dens.index[0])
     assert {archive.labels[i] for i in pos} == {"sparse_residential"}
@@ -84,7 +84,7 @@ def test_query_construction_follows_the_protocol(synthetic):
     assert {archive.labels[i] for i in qs.positives(forest.index[0])} == {"forest"}
     # existence: ferry terminal + harbor = pier; parking space + parking lot = parking
     ex = t[t.attribute == "existence"]
-    assert set(ex.group) == {"pier", "parking"}
+    assert set(ex.group) == {"existencepier", "existenceparking"}
     # each row gets (values of its group - 1) prompts
     n_expected = 0
     for attribute, classes in SPEC.items():

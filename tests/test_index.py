@@ -241,7 +241,7 @@ def test_cli_build_and_search(tmp_path, capsys, monkeypatch):
         def encode_texts(self, texts):
             return np.stack([x[42]] * len(texts))
 
-    monkeypatch.setattr(cmd, "_load_encoder", lambda spec, device, activation: FakeEncoder(spec))
+    monkeypatch.setattr(cmd, "_load_encoder", lambda spec, device, setup: FakeEncoder(spec))
     capsys.readouterr()
     out_csv = tmp_path / "res.csv"
     assert cli.main(["search", "--index", str(tmp_path / "idx"), "--image", "c/7.jpg", "--text", "with a river",

@@ -53,10 +53,14 @@ def test_table2_no_paper_columns_outside_paper_setup():
 def test_table2_paper_numbers_beside_in_paper_setup():
     t = analysis.table2(analysis.summary_to_wide(_summary()), model="hf-hub:chendelong/RemoteCLIP-ViT-L-14",
                      dataset="patterncom")
-    assert list(t.columns) == ["color", "color paper", "shape", "shape paper", "avg", "avg paper", "avg code"]
-    assert t.loc["Text", "color paper"] == 10.75 and t.loc["Text & Image", "shape paper"] == 19.63
-    assert t.loc["WeiCom (λ=0.5)", "avg paper"] == 29.94
-    assert np.isnan(t.loc["WeiCom (λ=0)", "avg paper"])  # the paper's Table 2 has no λ=0 row
+    assert list(t.columns) == ["color", "color ref", "shape", "shape ref", "avg", "avg ref"]
+    assert t.attrs["reference_source"] == "readme-current"
+    assert t.loc["Text", "color ref"] == 10.75 and t.loc["Text & Image", "shape ref"] == 19.63
+    assert t.loc["WeiCom (λ=0.5)", "avg ref"] == 30.05  # current README (the paper printed 29.94)
+    paper = analysis.table2(analysis.summary_to_wide(_summary()), model="remoteclip-vit-l-14", dataset="patterncom",
+                            source="paper")
+    assert paper.loc["WeiCom (λ=0.5)", "avg ref"] == 29.94 and paper.attrs["reference_source"] == "paper"
+    assert np.isnan(t.loc["WeiCom (λ=0)", "avg ref"])  # Table 2 has no λ=0 row
     assert t.loc["WeiCom (λ=0.5)", "color"] == 40.0  # the kit's value stays next to it
 
 

@@ -8,18 +8,17 @@ from pathlib import Path
 
 from .. import config
 from ..errors import DataError
+from .setup_args import add_setup_args, setup_kwargs
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, matching: str | None = None) -> None:
     p.add_argument("--model", default=None,
                    help="model spec: preset (e.g. remoteclip-vit-l-14), ARCH:tag, ARCH:/path/ckpt.pt, hf-hub:org/name "
-                        "or local-dir:/path (default: $RSCIR_MODEL, else the stand-in in $RSCIR_WEIGHTS, "
-                        f"else {config.PAPER_DEFAULT_MODEL})")
+                        "or local-dir:/path (default: "
+                        + (f"the model recorded in {matching}, else " if matching else "")
+                        + f"$RSCIR_MODEL, else the stand-in in $RSCIR_WEIGHTS, else {config.PAPER_DEFAULT_MODEL})")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: $RSCIR_DEVICE or auto)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                   help="auto = fp16 on CUDA, fp32 on CPU")
-    p.add_argument("--activation", default="auto", choices=["auto", "quickgelu", "gelu", "official"],
-                   help="auto = the activation the weights were trained with; gelu/official = as the official WeiCom code")
+    add_setup_args(p, matching=matching)
 
 
 def register(subparsers) -> None:
@@ -45,16 +44,24 @@ def register(subparsers) -> None:
     t = subparsers.add_parser("encode-text", help="encode texts (one per line) into a text feature file (.npz)")
     t.add_argument("--texts-file", required=True, metavar="FILE", help="UTF-8 text file, one text per line; blank lines ignored")
     t.add_argument("--out", required=True, metavar="TEXT.npz")
-    _add_model_args(t)
+    t.add_argument("--features", metavar="FEATS.npz", default=None,
+                   help="image features the texts will be scored against: their model and configuration are the "
+                        "defaults, so the two files match")
+    _add_model_args(t, matching="--features")
     t.add_argument("--batch-size", type=int, default=256)
     t.set_defaults(func=run_encode_text)
 
 
-def _encoder(args):
+def _encoder(args, stored: dict | None = None):
+    """The encoder the flags ask for; ``stored``: metadata of an artefact to match (its model and configuration are
+    the defaults)."""
     from ..encoders import load_encoder
+    from ..modelsetup import setup_for
 
-    return load_encoder(args.model or config.default_model(), device=args.device or "auto", precision=args.precision,
-                        activation=args.activation)
+    stored = stored or {}
+    chosen = setup_for(stored, **setup_kwargs(args))
+    model = args.model or stored.get("model") or config.default_model()
+    return load_encoder(model, device=args.device or "auto", setup=chosen)
 
 
 def run_extract(args) -> int:
@@ -88,7 +95,16 @@ def run_encode_text(args) -> int:
     texts = [t for t in texts if t]
     if not texts:
         raise DataError(f"{path} holds no texts (one text per line, blank lines ignored)")
-    enc = _encoder(args)
+    stored = None
+    if args.features:
+        from ..features import ImageFeatures
+
+        stored = ImageFeatures.load(args.features).meta
+    enc = _encoder(args, stored)
+    if stored is not None:
+        from ..features import check_same_model
+
+        check_same_model(stored, enc.meta, names=(args.features, "the text encoder"))
     tf = encode_texts(texts, enc, out=args.out, batch_size=args.batch_size)
     print(f"rscir-kit encode-text: wrote {args.out} ({len(tf)} unique texts x {tf.feats.shape[1]})", file=sys.stderr)
     return 0

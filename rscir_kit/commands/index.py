@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, ModelMismatchError
+from .setup_args import add_setup_args, setup_kwargs
 
 
 def register(subparsers) -> None:
@@ -33,6 +34,8 @@ def register(subparsers) -> None:
                         "or a FAISS index_factory string such as 'PQ256x4fs', 'IVF4096,SQfp16' or 'HNSW32,SQfp16'")
     b.add_argument("--nprobe", type=int, default=64, help="IVF cells probed by --mode fast, for IVF fast indexes")
     b.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
+    b.add_argument("--setup", default=None, choices=["default", "paper"],
+                   help="require FEATS to have been made with this named model configuration (refused otherwise)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=run_build)
     i = sub.add_parser("info", help="print an index's metadata")
@@ -61,7 +64,7 @@ def register(subparsers) -> None:
     s.add_argument("--model", default=None,
                    help="model used to encode the query (default: the index's model); must match the index's model")
     s.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
-    s.add_argument("--activation", default="auto", choices=["auto", "quickgelu", "gelu", "official"])
+    add_setup_args(s, numerics=False, matching="the index")
     s.add_argument("--out", metavar="FILE.csv|FILE.json", default=None, help="also write the results")
     s.set_defaults(func=run_search)
 
@@ -71,6 +74,8 @@ def run_build(args) -> int:
     from ..index import ArchiveIndex
 
     fast = None if str(args.fast).lower() in ("none", "no", "off", "") else args.fast
+    if args.setup:
+        _require_setup(args.features, args.setup)
     paths = None
     if args.paths:
         paths = [line.rstrip("\n") for line in Path(args.paths).read_text(encoding="utf-8").splitlines()]
@@ -83,6 +88,22 @@ def run_build(args) -> int:
     return 0
 
 
+def _require_setup(features, name: str) -> None:
+    """Refuse FEATS not made with the named setup (its stored configuration decides)."""
+    from ..modelsetup import SETUPS, flags_for, setup_of
+
+    meta = {}
+    if str(features).endswith(".npz") and Path(features).is_file():
+        with np.load(features, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"][()])) if "meta" in z.files else {}
+    stored, want = setup_of(meta), SETUPS[name]
+    fields = ("activation", "precision", "numerics")
+    if stored is None or any(getattr(stored, f) != getattr(want, f) for f in fields if getattr(want, f) != "auto"):
+        got = flags_for(meta) or "no recorded configuration"
+        raise ModelMismatchError(f"{features} was not made with --setup {name} ({got}): re-extract it with "
+                                 f"rscir-kit extract ... --setup {name}, or drop --setup")
+
+
 def run_info(args) -> int:
     meta = json.loads((Path(args.index) / "meta.json").read_text()) if (Path(args.index) / "meta.json").is_file() \
         else None
@@ -93,11 +114,11 @@ def run_info(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------- search
-def _load_encoder(spec, device, activation):
-    """Indirection so tests can substitute an encoder."""
+def _load_encoder(spec, device, setup):
+    """Indirection so tests can substitute an encoder; ``setup``: a ModelSetup."""
     from ..encoders import load_encoder
 
-    return load_encoder(spec, device=device or "auto", activation=activation)
+    return load_encoder(spec, device=device or "auto", setup=setup)
 
 
 def _stored_row(idx, name: str) -> int | None:
@@ -107,12 +128,17 @@ def _stored_row(idx, name: str) -> int | None:
     return int(hits[0]) if len(hits) else None
 
 
-def query_vectors(idx, image=None, text=None, query_features=None, model=None, device=None, activation="auto",
-                  need_image=True, need_text=True):
+def query_vectors(idx, image=None, text=None, query_features=None, model=None, device=None, activation=None,
+                  need_image=True, need_text=True, setup=None, precision=None):
     """(image vector | None, text vector | None) for a search, encoding with the index's model when needed.
 
-    Refuses (ModelMismatchError) a ``model`` or precomputed query features from another model than the index's.
+    The query encoder is built with the configuration stored in the index's features (``setup`` / ``activation`` /
+    ``precision`` override it). Refuses (ModelMismatchError) a ``model``, configuration or precomputed query
+    features from another model than the index's.
     """
+    from ..modelsetup import setup_for
+
+    chosen = setup_for(idx.meta.get("feature_meta"), setup, activation=activation, precision=precision)
     q_img = q_txt = None
     if query_features is not None:
         with np.load(query_features, allow_pickle=False) as z:
@@ -123,7 +149,7 @@ def query_vectors(idx, image=None, text=None, query_features=None, model=None, d
             raise ModelMismatchError(f"{query_features} was encoded with {qmodel!r} but the index {idx.root} holds "
                                      f"{idx.model_id!r} embeddings: encode the query with the index's model")
     if model is not None and idx.model_id is not None and model != idx.model_id:
-        enc = _load_encoder(model, device, activation)
+        enc = _load_encoder(model, device, chosen)
         if enc.model_id != idx.model_id:
             raise ModelMismatchError(
                 f"--model {model!r} ({enc.model_id}) differs from the model of index {idx.root} "
@@ -139,10 +165,10 @@ def query_vectors(idx, image=None, text=None, query_features=None, model=None, d
             from ..imagesets import load_image
 
             pil = load_image(image)
-            enc = enc or _load_encoder(model or _index_model(idx), device, activation)
+            enc = enc or _load_encoder(model or _index_model(idx), device, chosen)
             q_img = enc.encode_images([pil])[0]
     if text is not None and need_text and q_txt is None:
-        enc = enc or _load_encoder(model or _index_model(idx), device, activation)
+        enc = enc or _load_encoder(model or _index_model(idx), device, chosen)
         q_txt = enc.encode_texts([text])[0]
     if enc is not None and idx.model_id is not None and enc.model_id != idx.model_id:
         raise ModelMismatchError(f"encoder {enc.model_id!r} differs from the index's model {idx.model_id!r}")
@@ -167,8 +193,10 @@ def run_search(args) -> int:
     if args.image is None and args.text is None and args.query_features is None:
         raise DataError("give a query: --image Q.jpg and/or --text TEXT (or --query-features Q.npz)")
     idx = ArchiveIndex.load(args.index)
+    flags = setup_kwargs(args)
     q_img, q_txt = query_vectors(idx, args.image, args.text, args.query_features, args.model, args.device,
-                                 args.activation, need_image=lam < 1.0, need_text=lam > 0.0)
+                                 flags["activation"], need_image=lam < 1.0, need_text=lam > 0.0, setup=flags["setup"],
+                                 precision=flags["precision"])
     res = idx.search(q_img, q_txt, lam=lam, k=args.k, mode=args.mode, nprobe=args.nprobe,
                      depth=args.depth if args.mode == "fast" else None)
     df = res.to_frame()

@@ -6,7 +6,9 @@ Files: one CSV per attribute (``color.csv``, ``context.csv``, ...), rows ``filen
 
 - the class of a row is its filename's prefix before the first digit (``swimmingpool001.jpg`` →
   ``swimmingpool``);
-- query groups are attribute + class, classes merged per attribute (:data:`CLASS_MERGES`);
+- query groups are the CSV's attribute column + class, classes merged per attribute (:data:`CLASS_MERGES`), as
+  the official ``fix_query_attributelabels`` does on the concatenated string (:func:`group_key`); equal to
+  "class" alone when the attribute column is constant, as in the released CSVs;
 - every row is a query image; its prompts are the other values of its group; the text query is the
   value string itself;
 - the archive is every image of the feature file; a retrieved image is relevant iff it is a row of
@@ -63,6 +65,15 @@ def class_of(filename: str) -> str:
     return prefix
 
 
+def group_key(attribute: str, attribute_column: str, cls: str) -> str:
+    """Query group of a row, exactly as the official code keys it: the CSV's attribute column + the row's class,
+    with the per-attribute merges applied to that string (``densitydenseresidential`` → ``densityresidential``)."""
+    key = f"{attribute_column}{cls}"
+    for old, new in CLASS_MERGES.get(attribute, {}).items():
+        key = key.replace(f"{attribute}{old}", f"{attribute}{new}")
+    return key
+
+
 def read_attribute_csv(path) -> pd.DataFrame:
     """Rows of one PatternCom CSV as a DataFrame (filename, attribute, value, class, line).
 
@@ -109,8 +120,8 @@ def build_attribute_queries(rows: pd.DataFrame, attribute: str, archive: NameInd
                             missing: str = "error", source: str = "") -> tuple[pd.DataFrame, list[np.ndarray]]:
     """Query pairs and positive sets of one attribute's rows (see module doc); ``archive``: the archive
     paths as a :class:`~rscir_kit.names.NameIndex` by basename."""
-    merges = CLASS_MERGES.get(attribute, {})
-    group = rows["class"].map(lambda c: merges.get(c, c))
+    group = pd.Series([group_key(attribute, a, c) for a, c in zip(rows["attribute"], rows["class"])],
+                      index=rows.index, dtype=object)
     gclass = rows["class"].map(lambda c: GLOBAL_MERGE.get(c, c))
 
     names = rows["filename"].drop_duplicates()
@@ -204,3 +215,60 @@ class PatternCom:
         table.insert(0, "query_path", archive_paths[archive.positions(names)] if len(names) else names)
         return QuerySet("PatternCom", table, all_sets, archive_paths,
                         {"protocol": "official WeiCom evaluate.py (see rscir_kit.datasets.patterncom)"})
+
+
+# ------------------------------------------------------------------------------- official results layout
+#: Method names of the official evaluate.py.
+OFFICIAL_METHOD_NAMES = {"image": "Image only", "text": "Text only", "average": "Average Similarities",
+                         "weicom": "Weighted Similarities Norm"}
+
+
+def official_tables(per_pair: pd.DataFrame, ks=(5, 10, 15, 20), decimals: int | None = 2) -> dict:
+    """The official evaluate.py's results, one table per (λ, attribute): ``{(λ, attribute): DataFrame}``.
+
+    Columns ``Method, R@k…, P@k…, AP`` (in %); each pair's values are rounded to ``decimals`` (official: 2; None:
+    exact) before the mean, and the mean is rounded to 2 decimals, as the official code does. Methods without λ
+    appear in every λ's table, as in the official loop. ``per_pair``: :func:`rscir_kit.engine.evaluate`'s output
+    with the P@k/R@k columns for ``ks``.
+    """
+    missing = [f"{m}@{k}" for k in ks for m in ("p", "r") if f"{m}@{k}" not in per_pair.columns]
+    if missing:
+        raise DataError(f"the evaluation has no {', '.join(missing)} columns: evaluate with ks={list(ks)}")
+    has_lam = per_pair["lambda"].notna()
+    lambdas = sorted(per_pair.loc[has_lam, "lambda"].unique().tolist()) or [None]
+    cols = [("R@%d" % k, f"r@{k}") for k in ks] + [("P@%d" % k, f"p@{k}") for k in ks] + [("AP", "ap")]
+    tables = {}
+    for lam in lambdas:
+        rows_of_lam = per_pair[~has_lam | (per_pair["lambda"] == lam)] if lam is not None else per_pair
+        for attribute in dict.fromkeys(per_pair["attribute"]):
+            part = rows_of_lam[rows_of_lam["attribute"] == attribute]
+            rows = []
+            for method in dict.fromkeys(part["method"]):
+                sel = part[part["method"] == method]
+                row = {"Method": OFFICIAL_METHOD_NAMES.get(str(method), str(method))}
+                for name, col in cols:
+                    values = 100.0 * sel[col].to_numpy(dtype=float)
+                    if decimals is not None:
+                        values = np.round(values, decimals)
+                    values = values[~np.isnan(values)]
+                    row[name] = round(float(values.mean()), 2) if len(values) else 0.0
+                rows.append(row)
+            tables[(lam, attribute)] = pd.DataFrame(rows, columns=["Method"] + [c for c, _ in cols])
+    return tables
+
+
+def write_official_csvs(per_pair: pd.DataFrame, out_dir, model_name: str, ks=(5, 10, 15, 20),
+                        decimals: int | None = 2, dataset: str = "patternnet") -> list[Path]:
+    """Write :func:`official_tables` as the official code names its files:
+    ``<out_dir>/<dataset>_metrics_<model_name>_lambda<λ>_<attribute>.csv``; returns the paths."""
+    from ..io import atomic_path
+
+    out_dir = Path(out_dir)
+    written = []
+    for (lam, attribute), table in official_tables(per_pair, ks, decimals).items():
+        lam_part = f"_lambda{lam}" if lam is not None else ""
+        path = out_dir / f"{dataset}_metrics_{model_name}{lam_part}_{attribute}.csv"
+        with atomic_path(path) as tmp:
+            table.to_csv(tmp, index=False)
+        written.append(path)
+    return written
