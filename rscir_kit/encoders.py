@@ -579,6 +579,9 @@ def load_encoder(spec: str | None = None, device: str = "auto", precision: str |
         text = str(exc).strip().rstrip(".")
         offline = any(s in text for s in ("connect", "offline", "Offline", "cached files", "resolve", "Network"))
         hint = _offline_hint() if offline else "Check the spec and that the checkpoint matches the architecture."
+        if not offline and weights is not None:
+            hint = (f"The weights file {weights} is damaged or not a checkpoint of {plan.architecture}: delete it "
+                    "(a preset downloads it again) or check the spec.")
         if model_name.startswith("local-dir:") and offline and not plan.model_kwargs:
             hint = ("This model's text tower config is fetched from the Hugging Face hub; offline, set HF_HUB_CACHE to "
                     "a cache holding it (or add an hf_hub_cache/ seed folder beside open_clip_config.json) and "

@@ -194,6 +194,7 @@ def download_file(url: str, dest: Path, md5: str | None = None, desc: str | None
     ``md5``: expected digest; a mismatch only warns (callers verify the content's structure).
     Raises DataError (with the URL) when the download fails.
     """
+    import http.client
     import urllib.request
 
     from tqdm.auto import tqdm
@@ -221,7 +222,7 @@ def download_file(url: str, dest: Path, md5: str | None = None, desc: str | None
                 os.fsync(out.fileno())
             if total is not None and part.stat().st_size != total:
                 raise OSError(f"connection closed after {part.stat().st_size} of {total} bytes; run again to resume")
-    except OSError as exc:
+    except (OSError, http.client.HTTPException) as exc:  # IncompleteRead (a cut connection) is an HTTPException
         if getattr(exc, "code", None) == 416:  # range not satisfiable: the part file is stale
             part.unlink(missing_ok=True)
         raise DataError(f"could not download {url} ({exc}). Run again to resume, or download it by hand and put it "
