@@ -4,9 +4,12 @@ Layout (see docs/ARCHITECTURE.md): image files hold ``feats`` float32 (N, d) wit
 ``paths`` (N,) str relative paths, ``labels`` (N,) str, ``meta`` 0-d str (JSON); text files hold ``texts`` (M,),
 ``feats`` (M, d), ``meta``. Writes are atomic (temp file in the same folder + ``os.replace``).
 
-``extract_image_features`` is resumable: finished chunks of images are kept in ``<out>.partial/`` (one
-``chunk_NNNNNN.npy`` per chunk + ``manifest.json`` naming the model and the file-list hash); re-running the same
-call after an interrupt only computes the missing chunks, and the result equals an uninterrupted run.
+``extract_image_features`` is resumable and caches finished work **per image file** (key: relative path, size
+and mtime, optionally the content hash): chunks of encoded images go to ``<out>.partial/`` (``chunk_NNNNNN.npz``
+holding ``keys`` + ``feats``, and ``manifest.json`` naming the model and the image decoding), and a finished
+``out`` keeps its rows' keys (``image_keys``). Re-running after an interrupt, or with images added, removed or
+rewritten, computes only the images not encoded yet; the result equals an uninterrupted run. A filelock lock keeps
+two runs off one output; leftovers of killed runs are cleaned by the next one.
 """
 from __future__ import annotations
 
@@ -140,11 +143,16 @@ class ImageFeatures:
     labels: np.ndarray
     meta: dict = field(default_factory=dict)
     origin: str = field(default="", repr=False, compare=False)  # the file it was read from (for messages)
+    keys: np.ndarray | None = field(default=None, repr=False, compare=False)  # per-row image file keys (extraction)
 
     def __post_init__(self):
         self.feats = _as_float32(self.feats)
         self.paths = _str_array(self.paths)
         self.labels = _str_array(self.labels)
+        if self.keys is not None:
+            self.keys = _str_array(self.keys)
+            if len(self.keys) != len(self.paths):
+                raise DataError(f"ImageFeatures: {len(self.keys)} image keys for {len(self.paths)} paths")
         if self.feats.ndim != 2:
             raise DataError(f"ImageFeatures: feats must be (N, d), got shape {self.feats.shape}")
         if not (len(self.feats) == len(self.paths) == len(self.labels)):
@@ -168,8 +176,9 @@ class ImageFeatures:
         """Write ``path`` (.npz) atomically; returns the path."""
         path = Path(path)
         meta = json.dumps(self.meta, sort_keys=True)
+        extra = {} if self.keys is None else {"image_keys": self.keys}
         atomic_write(path, lambda f: np.savez(f, feats=self.feats, paths=self.paths, labels=self.labels,
-                                               meta=np.asarray(meta)))
+                                               meta=np.asarray(meta), **extra))
         return path
 
     @classmethod
@@ -191,7 +200,8 @@ class ImageFeatures:
             kind = "a text feature file (use TextFeatures.load)" if "texts" in data.files else "not an image feature file"
             raise DataError(f"{path} lacks {sorted(missing)}: {kind}")
         meta = json.loads(str(data["meta"][()]))
-        return cls(data["feats"], data["paths"], data["labels"], meta, origin=str(path))
+        keys = data["image_keys"] if "image_keys" in data.files else None
+        return cls(data["feats"], data["paths"], data["labels"], meta, origin=str(path), keys=keys)
 
     @classmethod
     def _load_pickle(cls, path: Path, model: str | None, root=None) -> "ImageFeatures":
@@ -317,135 +327,288 @@ def encode_texts(texts: Sequence[str], encoder, out=None, batch_size: int = 256)
 
 
 # ---------------------------------------------------------------------------------- image extraction
+PARTIAL_FORMAT = 2
+ON_ERROR = ("stop", "skip")
+
+
 def _partial_dir(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def _chunk_path(partial: Path, k: int) -> Path:
-    return partial / f"chunk_{k:06d}.npy"
+def bad_files_path(out) -> Path:
+    """Where an extraction lists the images it could not read: ``<out>.bad-files.txt`` (path<TAB>reason lines)."""
+    out = Path(out)
+    return out.with_name(out.name + ".bad-files.txt")
+
+
+def decode_workers(device=None) -> int:
+    """Image decoding threads for an extraction on ``device``: the CPUs this process may use, minus one for the
+    model on CUDA (up to 16); on CPU a quarter of them (the model's own threads need the rest), at least one."""
+    try:
+        n_cpu = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        n_cpu = os.cpu_count() or 1
+    if getattr(device, "type", str(device)).startswith("cuda"):
+        return max(1, min(16, n_cpu - 1))
+    return max(1, n_cpu // 4)
 
 
 def extract_image_features(collection, encoder, out, batch_size: int = 64, resume: bool = True,
                            progress: bool = True, chunk_size: int | None = None,
-                           on_chunk: Callable[[int, int], None] | None = None) -> ImageFeatures:
+                           on_chunk: Callable[[int, int], None] | None = None, on_error: str = "stop",
+                           workers: int | None = None, content_hash: bool = False) -> ImageFeatures:
     """Encode every image of ``collection`` with ``encoder`` and save ImageFeatures to ``out`` (.npz).
 
-    collection: an ImageCollection (or folder / file list / dataset object, see ``ImageCollection.from_any``).
-    Work is persisted every ``chunk_size`` images (default: a multiple of ``batch_size`` near 256) in
-    ``<out>.partial/``; after an interrupt the same call resumes there. An ``out`` from the same model and image list
-    is reused (``resume=False``: recomputed). Files from another model or image list raise ModelMismatchError.
-    ``on_chunk(k, n_chunks)`` is called after chunk k is saved. Returns the ImageFeatures.
+    collection: an ImageCollection (or folder / file list / dataset object, see ``ImageCollection.from_any``);
+        its ``decoding`` says how 16-bit / multi-band images become RGB.
+    Finished work is cached **per image file** (key: relative path, size, mtime; ``content_hash=True`` adds the
+    file's sha256): every ``chunk_size`` images (default: a multiple of ``batch_size`` near 256) go to
+    ``<out>.partial/``, and the rows of an existing ``out`` from the same model are reused too, so after an
+    interrupt, a removed or added image or any other list change only the images not yet encoded are computed.
+    ``resume=False`` recomputes everything. Files from another model or decoding raise ModelMismatchError.
+    on_error: ``"stop"`` (default) refuses missing files before any work and, after encoding every readable image,
+        raises one DataError listing all unreadable ones; ``"skip"`` leaves them out (warning; ``meta["skipped"]``).
+        Either way the bad files are written to :func:`bad_files_path`.
+    workers: decoding threads (default :func:`decode_workers`); on CUDA batches go through pinned memory.
+    A lock (``.<out>.lock``, filelock) keeps a second run on the same ``out`` out (BusyError); the temp files and
+    ``.partial/`` leftovers of killed runs are cleaned. ``on_chunk(k, n_chunks)`` runs after chunk k is saved.
     """
-    from tqdm.auto import tqdm
-
     from .imagesets import ImageCollection
+    from .io import run_lock
 
     coll = ImageCollection.from_any(collection)
     out = Path(out)
-    n = len(coll)
-    fp = coll.fingerprint()
     if batch_size < 1 or (chunk_size is not None and chunk_size < 1):
         raise DataError(f"batch_size and chunk_size must be >= 1, got {batch_size} and {chunk_size}")
-    meta = dict(encoder.meta, kind="image", kit_version=__version__, n_images=n, file_list_sha256=fp,
-                image_root=str(coll.root), source=coll.source)
+    if on_error not in ON_ERROR:
+        raise DataError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    if out.is_dir():
+        raise DataError(f"--out {out} is a folder; give a feature file name such as {out / 'features.npz'}")
+    with run_lock(out, "extraction"):
+        return _extract_locked(coll, encoder, out, batch_size, resume, progress, chunk_size, on_chunk, on_error,
+                               workers, content_hash)
 
-    if out.exists():
-        old = ImageFeatures.load(out)
-        _check_reuse(old.meta, meta, fp, what=str(out), remedy=f"delete {out} or choose another --out")
-        if resume:
-            return old
+
+def _extract_locked(coll, encoder, out, batch_size, resume, progress, chunk_size, on_chunk, on_error, workers,
+                    content_hash) -> ImageFeatures:
+    from tqdm.auto import tqdm
+
+    from .io import output_errors, remove_temp_files
 
     partial = _partial_dir(out)
-    manifest_path = partial / "manifest.json"
-    if partial.exists() and resume:
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{partial} exists but its manifest.json is missing or damaged ({exc}); delete the folder "
-                            "to start the extraction again") from exc
-        _check_reuse(manifest["model_meta"], meta, fp, what=str(partial),
-                     remedy=f"delete {partial} (unfinished work of the other run) or choose another --out",
-                     fingerprint=manifest.get("file_list_sha256"))
-        chunk_size = int(manifest["chunk_size"])
-    else:
-        if partial.exists():  # resume=False: the same checks protect another run's work, then start over
-            try:
-                old_manifest = json.loads(manifest_path.read_text())
-            except (OSError, ValueError):
-                old_manifest = None
-            if isinstance(old_manifest, dict) and "model_meta" in old_manifest:
-                _check_reuse(old_manifest["model_meta"], meta, fp, what=str(partial),
-                             remedy=f"delete {partial} or choose another --out",
-                             fingerprint=old_manifest.get("file_list_sha256"))
+    remove_temp_files(out)  # killed final writes (we hold the lock: no live run owns them)
+    keys = coll.file_keys(content_hash)
+    n = len(coll)
+    missing = [i for i, k in enumerate(keys) if k is None]
+    bad: dict[int, str] = {i: f"file not found: {coll.abspath(i)}" for i in missing}
+    if missing and on_error == "stop":
+        _write_bad_files(out, coll, bad)
+        raise DataError(f"{len(missing)} of {n} images are missing (e.g. {coll.abspath(missing[0])}); full list in "
+                        f"{bad_files_path(out)}. Fix the data root, remove them from the list, or pass --on-error skip "
+                        "(on_error='skip') to leave them out")
+    meta = dict(encoder.meta, kind="image", kit_version=__version__, image_root=str(coll.root), source=coll.source,
+                image_decoding=coll.decoding.describe(),
+                image_keys="path+size+mtime" + ("+sha256" if content_hash else ""))
+
+    # ---- what is already encoded: rows of an existing `out` and of the partial cache, by image key
+    cache: dict[str, np.ndarray] = {}
+    old = None
+    if out.exists():
+        old = ImageFeatures.load(out)
+        if resume:
+            _check_reuse(old.meta, meta, what=str(out),
+                         remedy=f"choose another --out, or pass --no-resume to recompute and replace {out}")
+            if old.keys is not None:
+                cache.update(zip(old.keys.tolist(), old.feats))
+    if partial.exists():
+        manifest = _read_manifest(partial)
+        if not resume or manifest is None:
+            if manifest is None:
+                warnings.warn(f"{partial}: no readable manifest (an older kit's or damaged cache); discarding it",
+                              stacklevel=3)
             shutil.rmtree(partial)
-        if chunk_size is None:
-            chunk_size = batch_size * max(1, round(256 / batch_size))
-        partial.mkdir(parents=True)
-        manifest = {"model_meta": meta, "file_list_sha256": fp, "n_images": n, "chunk_size": int(chunk_size),
-                    "batch_size": batch_size, "created": _now()}
-        atomic_write(manifest_path, lambda f: f.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
+        else:
+            _check_reuse(manifest["model_meta"], meta, what=str(partial),
+                         remedy=f"pass --no-resume to discard {partial} (unfinished work of the other model), or "
+                                "choose another --out")
+    if resume and partial.exists():
+        for path in sorted(partial.glob("chunk_*.npz")):
+            entry = _read_chunk(path, encoder.embed_dim)
+            if entry is None:
+                warnings.warn(f"{path}: damaged cache chunk, recomputing its images", stacklevel=3)
+                path.unlink()
+                continue
+            cache.update(zip(*entry))
+    with output_errors(partial, "extraction cache"):
+        partial.mkdir(parents=True, exist_ok=True)
+        for f in partial.iterdir():  # temp files of chunk writes a kill interrupted
+            if f.name.startswith("."):
+                f.unlink()
+        if not (partial / "manifest.json").is_file():
+            manifest = {"format": PARTIAL_FORMAT, "model_meta": meta, "created": _now(), "out": out.name}
+            atomic_write(partial / "manifest.json",
+                         lambda f: f.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
 
-    n_chunks = (n + chunk_size - 1) // chunk_size
-    bounds = [(k * chunk_size, min(n, (k + 1) * chunk_size)) for k in range(n_chunks)]
-    done = [k for k, (lo, hi) in enumerate(bounds) if _chunk_ok(_chunk_path(partial, k), hi - lo, encoder.embed_dim)]
-    todo = [k for k in range(n_chunks) if k not in set(done)]
-    batches = [(k, start, min(hi, start + batch_size))
-               for k in todo for (lo, hi) in [bounds[k]] for start in range(lo, hi, batch_size)]
+    todo = [i for i, k in enumerate(keys) if k is not None and k not in cache]
+    if chunk_size is None:
+        chunk_size = batch_size * max(1, round(256 / batch_size))
+    existing = [int(p.stem.split("_")[1]) for p in partial.glob("chunk_*.npz")]
+    first_chunk = max(existing) + 1 if existing else 0
+    chunks = [todo[s:s + chunk_size] for s in range(0, len(todo), chunk_size)]
+    n_chunks = first_chunk + len(chunks)
+    batches = [(c, chunk[s:s + batch_size]) for c, chunk in enumerate(chunks) for s in range(0, len(chunk), batch_size)]
 
-    bar = tqdm(total=n, initial=sum(bounds[k][1] - bounds[k][0] for k in done), unit="img", disable=not progress,
-               desc=f"extract {out.name}")
+    reused = n - len(todo) - len(missing)
+    bar = tqdm(total=n, initial=reused + len(missing), unit="img", disable=not progress, desc=f"extract {out.name}")
     try:
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(_preprocess, coll, encoder, *batches[0][1:]) if batches else None
-            parts: list[np.ndarray] = []
-            for j, item in enumerate(batches):
-                k, start, stop = item
-                x = pending.result()
-                if j + 1 < len(batches):  # decode the next batch while this one runs through the model
-                    pending = pool.submit(_preprocess, coll, encoder, *batches[j + 1][1:])
-                parts.append(encoder.encode_images(x, batch_size=len(x)))
-                bar.update(stop - start)
-                if stop == bounds[k][1]:
-                    arr = np.concatenate(parts, 0)
-                    parts = []
-                    atomic_write(_chunk_path(partial, k), lambda f: np.save(f, arr))
-                    if on_chunk is not None:
-                        on_chunk(k, n_chunks)
+        done_keys: list[str] = []
+        done_rows: list[np.ndarray] = []
+        n_converted = 0
+        for j, (c, idx, x, converted, errors) in enumerate(_decoded_batches(coll, encoder, batches, workers)):
+            bad.update(errors)
+            if len(idx):
+                done_rows.append(encoder.encode_images(x, batch_size=len(idx)))
+                done_keys.extend(keys[i] for i in idx)
+                n_converted += sum(converted)
+            bar.update(len(idx) + len(errors))
+            if j + 1 == len(batches) or batches[j + 1][0] != c:  # chunk c complete: persist it
+                k = first_chunk + c
+                rows = np.concatenate(done_rows, 0) if done_rows else np.zeros((0, encoder.embed_dim), np.float32)
+                _write_chunk(partial / f"chunk_{k:06d}.npz", done_keys, rows)
+                cache.update(zip(done_keys, rows))
+                done_keys, done_rows = [], []
+                if on_chunk is not None:
+                    on_chunk(k, n_chunks)
     finally:
         bar.close()
 
-    feats = np.concatenate([np.load(_chunk_path(partial, k)) for k in range(n_chunks)], 0) if n_chunks else \
-        np.zeros((0, encoder.embed_dim), np.float32)
-    meta["date"] = _now()
-    result = ImageFeatures(feats, coll.paths, coll.labels, meta)
-    result.save(out)
+    if bad:
+        _write_bad_files(out, coll, bad)
+        listing = "; ".join(f"{coll.paths[i]} ({bad[i].split(': ', 1)[0]})" for i in sorted(bad)[:3])
+        if on_error == "stop":
+            raise DataError(f"{len(bad)} of {n} images could not be read ({listing}{' ...' if len(bad) > 3 else ''}); "
+                            f"all listed in {bad_files_path(out)}. The {n - len(bad)} others are encoded and kept: fix "
+                            "or remove the bad files and run again (nothing is recomputed), or pass --on-error skip "
+                            "(on_error='skip') to leave them out")
+        warnings.warn(f"left out {len(bad)} of {n} unreadable images ({listing}{' ...' if len(bad) > 3 else ''}); "
+                      f"all listed in {bad_files_path(out)}", stacklevel=2)
+    else:
+        bad_files_path(out).unlink(missing_ok=True)
+    good = [i for i in range(n) if i not in bad]
+    good_keys = [keys[i] for i in good]
+    feats = np.stack([cache[k] for k in good_keys]) if good else np.zeros((0, encoder.embed_dim), np.float32)
+    sub = coll.select(good)
+    meta.update(n_images=len(good), file_list_sha256=sub.fingerprint(good_keys), date=_now(), skipped=len(bad))
+    if n_converted:
+        warnings.warn(f"{n_converted} of the {len(todo)} images encoded in this run were not 8-bit RGB and were "
+                      f"converted ({meta['image_decoding']['high_bit']}; bands "
+                      f"{meta['image_decoding']['bands'] or 'as stored'})", stacklevel=2)
+    if old is not None and resume and old.keys is not None and old.keys.tolist() == good_keys and \
+            old.labels.tolist() == sub.labels and old.paths.tolist() == sub.paths:
+        result = old  # nothing changed: the file on disk is the answer
+    else:
+        result = ImageFeatures(feats, sub.paths, sub.labels, meta, keys=good_keys)
+        result.save(out)
     shutil.rmtree(partial, ignore_errors=True)
     return result
 
 
-def _preprocess(coll, encoder, start: int, stop: int):
+def _decoded_batches(coll, encoder, batches, workers):
+    """Yield (chunk, indices, tensor, converted flags, {index: error}) per batch, decoded ahead by a thread pool.
+
+    Images are decoded and preprocessed by ``workers`` threads (PIL and torch release the GIL) while the model
+    runs; batches are stacked by one collating thread, into pinned memory and copied without blocking on CUDA.
+    """
     import torch
 
-    return torch.stack([encoder.preprocess(coll.load(i)) for i in range(start, stop)])
+    from .imagesets import decode_image
 
+    if not batches:
+        return
+    device = getattr(encoder, "device", None)
+    cuda = getattr(device, "type", "") == "cuda"
+    n_workers = int(workers) if workers else decode_workers(device)
 
-def _chunk_ok(path: Path, rows: int, dim: int) -> bool:
-    if not path.is_file():
-        return False
+    def one(i):
+        try:
+            image, converted = decode_image(coll.abspath(i), coll.decoding)
+            return encoder.preprocess(image), converted, None
+        except DataError as exc:
+            return None, False, str(exc)
+
+    def collate(futures, idx):
+        results = [f.result() for f in futures]
+        errors = {i: r[2] for i, r in zip(idx, results) if r[2] is not None}
+        good = [(i, r) for i, r in zip(idx, results) if r[2] is None]
+        x = torch.stack([r[0] for _, r in good]) if good else None
+        if cuda and x is not None:
+            x = x.pin_memory()
+        return [i for i, _ in good], x, [r[1] for _, r in good], errors
+
+    decode = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="rscir-decode")
+    stack = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rscir-collate")
+    pending = []
     try:
-        arr = np.load(path, mmap_mode="r")
+        ahead = 2  # batches decoded ahead of the model
+        for b, (c, idx) in enumerate(batches):
+            pending.append((c, stack.submit(collate, [decode.submit(one, i) for i in idx], idx)))
+            if len(pending) <= ahead and b + 1 < len(batches):
+                continue
+            c0, fut = pending.pop(0)
+            good, x, conv, errors = fut.result()
+            if cuda and x is not None:
+                x = x.to(device, non_blocking=True)
+            yield c0, good, x, conv, errors
+        while pending:
+            c0, fut = pending.pop(0)
+            good, x, conv, errors = fut.result()
+            if cuda and x is not None:
+                x = x.to(device, non_blocking=True)
+            yield c0, good, x, conv, errors
+    finally:
+        decode.shutdown(wait=True, cancel_futures=True)
+        stack.shutdown(wait=True, cancel_futures=True)
+
+
+def _write_chunk(path: Path, keys, rows: np.ndarray) -> None:
+    atomic_write(path, lambda f: np.savez(f, keys=_str_array(keys), feats=np.asarray(rows, np.float32)))
+
+
+def _read_chunk(path: Path, dim: int):
+    """(keys, rows) of a cache chunk, or None when it is damaged or of another shape."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys, rows = z["keys"].astype(str), z["feats"]
     except Exception:
-        return False
-    return arr.shape == (rows, dim) and arr.dtype == np.float32
+        return None
+    if rows.dtype != np.float32 or rows.ndim != 2 or rows.shape != (len(keys), dim) or not np.isfinite(rows).all():
+        return None
+    return keys.tolist(), rows
 
 
-def _check_reuse(old_meta: dict, new_meta: dict, fp: str, what: str, remedy: str, fingerprint: str | None = None):
+def _read_manifest(partial: Path) -> dict | None:
+    try:
+        manifest = json.loads((partial / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != PARTIAL_FORMAT or "model_meta" not in manifest:
+        return None
+    return manifest
+
+
+def _write_bad_files(out: Path, coll, bad: dict) -> None:
+    from .io import write_text_atomic
+
+    lines = ["path\treason"] + [f"{coll.paths[i]}\t{' '.join(bad[i].split())}" for i in sorted(bad)]
+    write_text_atomic(bad_files_path(out), "\n".join(lines) + "\n")
+
+
+def _check_reuse(old_meta: dict, new_meta: dict, what: str, remedy: str) -> None:
     try:
         check_same_model(old_meta, new_meta, strict=True, names=(what, f"the requested model {new_meta.get('model')}"))
     except ModelMismatchError as exc:
         raise ModelMismatchError(f"refusing to reuse {what}: {exc} To proceed: {remedy}.") from exc
-    old_fp = fingerprint if fingerprint is not None else old_meta.get("file_list_sha256")
-    if old_fp != fp:
-        raise ModelMismatchError(f"refusing to reuse {what}: it was made from another image list "
-                                 f"({old_meta.get('n_images', '?')} images from {old_meta.get('source', '?')}; this run: "
-                                 f"{new_meta.get('n_images')} images from {new_meta.get('source')}). To proceed: {remedy}.")
+    old_dec, new_dec = old_meta.get("image_decoding"), new_meta.get("image_decoding")
+    if old_dec is not None and old_dec != new_dec:
+        raise ModelMismatchError(f"refusing to reuse {what}: its images were decoded with {old_dec}, this run asks "
+                                 f"for {new_dec}. To proceed: {remedy}.")

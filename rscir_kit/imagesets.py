@@ -12,39 +12,188 @@ Sources:
 
 ``limit_per_class=k`` keeps the first k images of each label (in collection order) for quick CI runs.
 Order is deterministic: folders and files are sorted by name.
+
+Images that are not 8-bit (:class:`ImageDecoding`)
+---------------------------------------------------
+Remote-sensing files are often 16-bit (or float) and may hold more than three bands. Encoders see 8-bit RGB, so:
+
+* high-bit images (PIL modes ``I;16``/``I``/``F``, or any non-uint8 TIFF) are mapped to 8 bit with the quick-look
+  convention: a **percentile 2–98 stretch** (values at the 2nd percentile → 0, at the 98th → 255, clipped), per band
+  and **per image** by default (``stretch="image"``). ``stretch=(lo, hi)`` applies one fixed range to every image
+  (per dataset: :meth:`ImageCollection.stretch_range` pools the percentiles over the collection);
+  ``stretch="refuse"`` refuses such images, naming the option that converts them. They are never clipped silently.
+* single-band images become grey RGB; images with more than three bands are refused unless ``bands=(r, g, b)``
+  (1-based band numbers, e.g. ``(4, 3, 2)`` for Sentinel-2 true colour; CLI ``--bands 4,3,2``) says which to use.
+
+The decoding is part of what made a feature file: it is recorded in the metadata and checked on resume.
 """
 from __future__ import annotations
 
 import csv
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .errors import DataError
+import numpy as np
+
+from .errors import DataError, ParameterError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+_HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I;16S", "I", "F")
+_TIFF = (".tif", ".tiff")
 
 
-def load_image(path) -> "Image.Image":
-    """Open an image file as an RGB PIL image (fully decoded).
+@dataclass(frozen=True)
+class ImageDecoding:
+    """How an image that is not 8-bit RGB becomes the RGB an encoder sees (see the module doc).
 
-    Raises DataError naming the file when it is missing, unreadable, corrupt or truncated.
+    stretch: ``"image"`` (percentile ``percentiles`` stretch per image and band, default), ``(lo, hi)`` (one fixed
+        range for all images, e.g. from :meth:`ImageCollection.stretch_range`), or ``"refuse"``.
+    bands: 1-based band numbers used as (R, G, B), or one number for a grey image; None = the file's own RGB/grey
+        (more than three bands are then refused).
     """
+
+    stretch: object = "image"
+    bands: tuple | None = None
+    percentiles: tuple = (2.0, 98.0)
+
+    def __post_init__(self):
+        st = self.stretch
+        if isinstance(st, str):
+            if st not in ("image", "refuse"):
+                raise ParameterError(f"stretch must be 'image', 'refuse' or a (low, high) pair, got {st!r}")
+        else:
+            try:
+                lo, hi = (float(v) for v in st)
+            except (TypeError, ValueError):
+                raise ParameterError(f"stretch must be 'image', 'refuse' or a (low, high) pair, got {st!r}") from None
+            if not hi > lo:
+                raise ParameterError(f"stretch range needs low < high, got {st!r}")
+            object.__setattr__(self, "stretch", (lo, hi))
+        if self.bands is not None:
+            bands = tuple(int(b) for b in self.bands)
+            if len(bands) not in (1, 3) or min(bands) < 1:
+                raise ParameterError(f"bands takes three 1-based band numbers (R, G, B) or one (grey), got {self.bands!r}")
+            object.__setattr__(self, "bands", bands)
+        lo, hi = (float(v) for v in self.percentiles)
+        if not 0 <= lo < hi <= 100:
+            raise ParameterError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles!r}")
+        object.__setattr__(self, "percentiles", (lo, hi))
+
+    def describe(self) -> dict:
+        """JSON-able record for feature-file metadata."""
+        if self.stretch == "image":
+            high_bit = f"percentile {self.percentiles[0]:g}-{self.percentiles[1]:g} stretch per image and band -> 8 bit"
+        elif self.stretch == "refuse":
+            high_bit = "refused"
+        else:
+            high_bit = f"fixed range {self.stretch[0]:g}..{self.stretch[1]:g} -> 8 bit"
+        return {"high_bit": high_bit, "bands": None if self.bands is None else list(self.bands)}
+
+
+DEFAULT_DECODING = ImageDecoding()
+
+
+def load_image(path, decoding: ImageDecoding | None = None) -> "Image.Image":
+    """Open an image file as an RGB PIL image (fully decoded; high-bit/multi-band files per ``decoding``).
+
+    Raises DataError naming the file when it is missing, unreadable, corrupt or truncated, or when its bit depth or
+    band count needs an option (the message names it).
+    """
+    return decode_image(path, decoding)[0]
+
+
+def decode_image(path, decoding: ImageDecoding | None = None):
+    """(RGB PIL image, converted) where ``converted`` tells that a high-bit stretch or band selection was applied."""
     from PIL import Image, UnidentifiedImageError
 
+    dec = decoding or DEFAULT_DECODING
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image not found: {path}. Check the data root (e.g. $RSCIR_DATA or --images) and that the "
                         "dataset was downloaded completely; or remove the entry from the file list.")
+    arr = None
     try:
         with Image.open(path) as im:
             im.load()  # decode now: truncated/corrupt files fail here, not later inside a batch
-            return im.convert("RGB")
+            samples = getattr(im, "tag_v2", {}).get(277, len(im.getbands()))  # TIFF SamplesPerPixel
+            if samples != len(im.getbands()) and im.mode != "P":
+                raise OSError(f"PIL reads {len(im.getbands())} of its {samples} bands")
+            if im.mode not in _HIGH_BIT_MODES and dec.bands is None:
+                return im.convert("RGB"), False
+            arr = np.asarray(im.convert("RGB") if im.mode in ("P", "CMYK", "YCbCr", "1", "LA", "PA") else im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        if path.suffix.lower() not in _TIFF:
+            raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}. The file is corrupt or truncated: "
+                            "re-download or replace it, or remove it from the collection/file list.") from exc
+        arr = _read_tiff(path, exc)
+    return Image.fromarray(_to_rgb8(arr, path, dec)), True
+
+
+def _read_tiff(path: Path, pil_error: Exception) -> np.ndarray:
+    """Bands-last array of a TIFF PIL cannot open (multi-band, 16-bit RGB, float...)."""
+    try:
+        import tifffile
+    except ImportError:  # pragma: no cover - tifffile is a dependency
+        raise DataError(f"cannot read image {path} ({pil_error}); multi-band TIFFs need tifffile: pip install tifffile")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            arr = page.asarray()
+            planar = getattr(page, "planarconfig", None) == 2 or str(getattr(page, "planarconfig", "")).endswith(
+                "SEPARATE")
+    except Exception as exc:
         raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}. The file is corrupt or truncated: "
                         "re-download or replace it, or remove it from the collection/file list.") from exc
+    if arr.ndim == 3 and planar:
+        arr = np.moveaxis(arr, 0, -1)
+    return arr
+
+
+def _to_rgb8(arr: np.ndarray, path: Path, dec: ImageDecoding) -> np.ndarray:
+    """(H, W) or (H, W, C) array → (H, W, 3) uint8 following ``dec`` (band selection, then the stretch)."""
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3:
+        raise DataError(f"{path}: image array of shape {arr.shape} is not (height, width[, bands])")
+    n_bands = arr.shape[2]
+    if dec.bands is not None:
+        if max(dec.bands) > n_bands:
+            raise DataError(f"{path} has {n_bands} band(s) but bands={dec.bands} asks for band {max(dec.bands)} "
+                            "(bands are 1-based)")
+        arr = arr[:, :, [b - 1 for b in dec.bands]]
+    elif n_bands > 3 and not (n_bands == 4 and arr.dtype == np.uint8 and path.suffix.lower() not in _TIFF):
+        raise DataError(f"{path} has {n_bands} bands; choose which three are R, G, B with bands=(r, g, b) "
+                        "(1-based; CLI --bands 4,3,2), or one for a grey image")
+    elif n_bands == 4:
+        arr = arr[:, :, :3]  # RGBA
+    elif n_bands == 2:
+        arr = arr[:, :, :1]  # grey + alpha
+    if arr.dtype != np.uint8:
+        if dec.stretch == "refuse":
+            raise DataError(f"{path} is a {arr.dtype} image (not 8 bit); convert it with stretch='image' (CLI --stretch "
+                            "image: percentile 2-98 per image) or a fixed range stretch=(low, high)")
+        arr = _stretch(arr.astype(np.float64), dec)
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    return np.ascontiguousarray(arr)
+
+
+def _stretch(arr: np.ndarray, dec: ImageDecoding) -> np.ndarray:
+    """Linear map of ``lo..hi`` to 0..255 per band (clipped outside), lo/hi from ``dec``; uint8."""
+    out = np.empty(arr.shape, np.uint8)
+    for b in range(arr.shape[2]):
+        band = arr[:, :, b]
+        if isinstance(dec.stretch, tuple):
+            lo, hi = dec.stretch
+        else:
+            finite = band[np.isfinite(band)]
+            lo, hi = np.percentile(finite, dec.percentiles) if finite.size else (0.0, 0.0)
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        out[:, :, b] = np.clip(np.nan_to_num((band - lo) * scale, nan=0.0), 0, 255).round().astype(np.uint8)
+    return out
 
 
 @dataclass
@@ -55,6 +204,7 @@ class ImageCollection:
     paths: list[str]
     labels: list[str]
     source: str = ""
+    decoding: ImageDecoding = field(default_factory=ImageDecoding)
 
     def __post_init__(self):
         self.root = Path(self.root)
@@ -84,15 +234,65 @@ class ImageCollection:
         return self.root / self.paths[i]
 
     def load(self, i: int):
-        """RGB PIL image of entry ``i`` (DataError naming the file when missing/corrupt)."""
-        return load_image(self.abspath(i))
+        """RGB PIL image of entry ``i`` (DataError naming the file when missing/corrupt); see ``decoding``."""
+        return load_image(self.abspath(i), self.decoding)
 
-    def fingerprint(self) -> str:
-        """sha256 of the (path, label) list: identifies the file list in feature files and resume manifests."""
+    def file_keys(self, content_hash: bool = False) -> list[str | None]:
+        """Per image, a key of its file: sha256 of (relative path, size, mtime) [+ content sha256]; None if missing.
+
+        Feature caches are keyed by it, so a file rewritten under the same name is noticed (size or mtime change;
+        ``content_hash=True`` also catches same-size edits with a restored mtime, at the cost of reading every file).
+        """
+        keys: list[str | None] = []
+        for p in self.paths:
+            try:
+                st = os.stat(self.root / p)
+            except OSError:
+                keys.append(None)
+                continue
+            text = f"{p}\0{st.st_size}\0{st.st_mtime_ns}"
+            if content_hash:
+                text += "\0" + _file_sha256(self.root / p)
+            keys.append(hashlib.sha256(text.encode("utf-8")).hexdigest()[:40])
+        return keys
+
+    def missing_files(self) -> list[str]:
+        """Relative paths of the entries whose file does not exist."""
+        return [p for p in self.paths if not (self.root / p).is_file()]
+
+    def fingerprint(self, keys: Sequence[str | None] | None = None) -> str:
+        """sha256 of the (path, label, size, mtime) list: identifies the image list in feature files and caches.
+
+        ``keys``: precomputed :meth:`file_keys` (e.g. with content hashes).
+        """
+        keys = self.file_keys() if keys is None else keys
         h = hashlib.sha256()
-        for p, lab in zip(self.paths, self.labels):
-            h.update(f"{p}\t{lab}\n".encode("utf-8"))
+        for p, lab, k in zip(self.paths, self.labels, keys):
+            h.update(f"{p}\t{lab}\t{k or 'missing'}\n".encode("utf-8"))
         return h.hexdigest()
+
+    def with_decoding(self, decoding: ImageDecoding | None = None, **options) -> "ImageCollection":
+        """The same images decoded with ``decoding`` (or ``ImageDecoding(**options)``)."""
+        return ImageCollection(self.root, self.paths, self.labels, self.source, decoding or ImageDecoding(**options))
+
+    def stretch_range(self, max_pixels: int = 20000, seed: int = 0) -> tuple[float, float] | None:
+        """One (low, high) stretch for the whole collection: the ``decoding.percentiles`` of a pixel sample pooled
+        over every high-bit image (selected bands), or None when no image is high-bit. Reads every image once.
+        """
+        rng = np.random.default_rng(seed)
+        samples = []
+        raw = ImageDecoding(stretch=(0.0, 1.0), bands=self.decoding.bands)
+        for i in range(len(self)):
+            arr = _raw_array(self.abspath(i), raw)
+            if arr is None or arr.dtype == np.uint8:
+                continue
+            flat = arr.reshape(-1)
+            flat = flat[np.isfinite(flat)]
+            samples.append(rng.choice(flat, size=min(max_pixels, flat.size), replace=False) if flat.size else flat)
+        if not samples:
+            return None
+        lo, hi = np.percentile(np.concatenate(samples).astype(np.float64), self.decoding.percentiles)
+        return float(lo), float(hi)
 
     def subset(self, limit_per_class: int | None) -> "ImageCollection":
         """First ``limit_per_class`` entries of every label (order kept); None = everything."""
@@ -107,7 +307,12 @@ class ImageCollection:
                 counts[lab] = counts.get(lab, 0) + 1
                 keep.append(i)
         return ImageCollection(self.root, [self.paths[i] for i in keep], [self.labels[i] for i in keep],
-                               source=f"{self.source} (limit_per_class={limit_per_class})")
+                               source=f"{self.source} (limit_per_class={limit_per_class})", decoding=self.decoding)
+
+    def select(self, indices) -> "ImageCollection":
+        """Entries ``indices`` (order kept), same root, source and decoding."""
+        return ImageCollection(self.root, [self.paths[i] for i in indices], [self.labels[i] for i in indices],
+                               source=self.source, decoding=self.decoding)
 
     # ---------------------------------------------------------------- constructors
     @classmethod
@@ -237,3 +442,34 @@ class ImageCollection:
             return cls.from_file_list(p, root, limit_per_class)
         return cls.from_dataset(source, root, limit_per_class)
 
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _raw_array(path: Path, dec: ImageDecoding) -> np.ndarray | None:
+    """Band-selected pixel values of a high-bit image before any stretch (None for 8-bit RGB files)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode not in _HIGH_BIT_MODES:
+                return None
+            arr = np.asarray(im)
+    except Exception as exc:
+        if path.suffix.lower() not in _TIFF:
+            raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+        arr = _read_tiff(path, exc)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if dec.bands is not None:
+        if max(dec.bands) > arr.shape[2]:
+            raise DataError(f"{path} has {arr.shape[2]} band(s) but bands={dec.bands} asks for band {max(dec.bands)}")
+        arr = arr[:, :, [b - 1 for b in dec.bands]]
+    return arr

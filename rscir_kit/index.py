@@ -24,7 +24,9 @@ evaluated in float64 as ``1 - [λ Q(z_txt) + (1-λ) Q(z_img)]`` with ``Q(z) = Φ
 number as ``λΦ(z_txt) + (1-λ)Φ(z_img)``, but ranked through the tail so that items with z > 8, where Φ
 rounds to 1.0 in float64, keep their order). Ties are broken by the lower archive index (a stable
 descending sort), as everywhere in the kit. ``mode="exact"`` returns exactly the top-k of ``mode="scan"`` (the
-two-pass brute force: full-pass statistics, then a full top-k). The FAISS lists are computed in float32; the TA
+brute force over all N rows). All modes score with the same numbers — similarities from the same row-local kernel,
+normalised with the index's stored statistics — so tied scores order identically (by archive index) in each.
+The FAISS lists are computed in float32; the TA
 threshold adds a rigorous float32 rounding bound (γ_{d+2}·‖x‖·‖q‖) so that float32 list order can never make
 it stop early.
 
@@ -40,8 +42,9 @@ Modes of :meth:`ArchiveIndex.search`
              4-bit PQ fast-scan; IVF / HNSW / any ``index_factory`` string work) for the image query, the
              text query and the linearised composed query, re-scored exactly: the scores are exact, only
              recall can fall short of 1 (measured in benchmarks/bench_index.py).
-``"scan"``   brute force, two passes (the reference): all N similarities in float64, their mean/std, then the
-             top-k of the full WeiCom score.
+``"scan"``   brute force (the reference): all N similarities in float64, then the top-k of the full WeiCom score
+             (normalised with the stored statistics, as the other modes; the full-pass mean/std are reported in
+             ``info`` — they agree to rounding).
 
 Index directory (``ArchiveIndex.build(...)`` writes, ``ArchiveIndex.load(dir)`` reads)::
 
@@ -52,10 +55,17 @@ Index directory (``ArchiveIndex.build(...)`` writes, ``ArchiveIndex.load(dir)`` 
     fast.faiss       optional approximate index (default: flat 4-bit PQ fast-scan, d/8 bytes a row)
     paths.npy, labels.npy   optional (N,) str
 
+meta.json records every file's size and sha256 (and its own checksum): :meth:`ArchiveIndex.load` checks the sizes
+always and the checksums of files up to ``VERIFY_BYTES`` (all with ``verify=True``), so a damaged file is reported
+as "index damaged: rebuild with ..." instead of failing inside FAISS or returning wrong results.
+``build`` holds a lock beside the folder (filelock) and writes into ``<out>.building``, renamed at the end; a
+failed or killed build's folder is removed (at once, or by the next build).
+
 GPU FAISS is used for the fast index when the installed FAISS has GPUs (``use_gpu="auto"``); untested here.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -72,6 +82,9 @@ from .methods import check_lambda, upper_tail
 from .methods import weicom_tail as methods_weicom_tail
 
 FORMAT_VERSION = 1
+VERIFY_BYTES = 256 * 2**20   # files up to this size are checksummed on every load
+SMALL_ARCHIVE = 1024         # below this, fast="auto" builds no fast index (exact search is instant anyway)
+INDEX_FILES = ("flat.faiss", "stats.npz", "fast.faiss", "paths.npy", "labels.npy")
 MODES = ("exact", "fast", "scan")
 _CHUNK = 65536
 _BLOCK = 2048          # rows per float64 block when re-scoring (fits in L2 cache)
@@ -253,10 +266,12 @@ def _gpu_available(faiss) -> bool:
     return hasattr(faiss, "StandardGpuResources") and getattr(faiss, "get_num_gpus", lambda: 0)() > 0
 
 
-def _default_fast(n: int, d: int) -> str:
+def _default_fast(n: int, d: int) -> str | None:
     """Flat 4-bit PQ fast-scan with d/4 sub-quantizers (d/8 bytes a row: 64 MB per million 512-d rows; a SIMD
     scan of the whole archive, no cells to miss); candidates are re-scored exactly, so its coarse scores only
-    decide recall."""
+    decide recall. None (no fast index) below SMALL_ARCHIVE rows: too few to train it, and nothing to gain."""
+    if n < SMALL_ARCHIVE:
+        return None
     for sub in (4, 2, 8):
         if d % sub == 0 and (d // sub) % 2 == 0:
             return f"PQ{d // sub}x4fs"
@@ -323,7 +338,9 @@ class ArchiveIndex:
         """
         if isinstance(fast, str) and fast.strip().lower() == "none":
             fast = None
-        faiss = _faiss()
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise DataError(f"--out {out} is a file; give a folder name for the index (it will be created)")
         t_start = time.perf_counter()
         rows, paths, labels, fmeta = _read_source(source, paths, labels)
         fmeta = dict(fmeta or {}, **(feature_meta or {}))
@@ -332,31 +349,63 @@ class ArchiveIndex:
         n, d = rows.shape
         if n < 2 or d < 1:
             raise DataError(f"cannot index an archive of shape {rows.shape}: need at least 2 rows")
-        out = Path(out_dir)
-        if out.exists() and any(out.iterdir()):
-            if not overwrite:
-                raise DataError(f"index folder {out} exists and is not empty: choose another --out or pass "
-                                "overwrite=True / --overwrite")
-            if not (out / "meta.json").is_file():
-                raise DataError(f"{out} is not empty and holds no index (meta.json): refusing to overwrite it")
-            shutil.rmtree(out)
+        from .io import output_errors, run_lock
+
         tmp = out.with_name(out.name + ".building")
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        with run_lock(out, "index build"), output_errors(out, "index"):
+            if out.exists() and any(out.iterdir()):
+                if not overwrite:
+                    raise DataError(f"index folder {out} exists and is not empty: choose another --out or pass "
+                                    "overwrite=True / --overwrite")
+                if not (out / "meta.json").is_file():
+                    raise DataError(f"{out} is not empty and holds no index (meta.json): refusing to overwrite it")
+            if tmp.exists():  # a killed build's leftover (we hold the lock: no live build owns it)
+                shutil.rmtree(tmp)
+            try:
+                meta = cls._write(tmp, rows, paths, labels, fmeta, fast, nprobe, train_size, chunk, progress, seed,
+                                  t_start, source)
+                if out.exists():
+                    shutil.rmtree(out)
+                os.replace(tmp, out)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-built folder filling the disk
+                raise
+        del meta
+        return cls.load(out)
+
+    @staticmethod
+    def _write(tmp: Path, rows, paths, labels, fmeta, fast, nprobe, train_size, chunk, progress, seed, t_start,
+               source) -> dict:
+        """Write every index file into ``tmp`` (a fresh folder); returns the meta written to meta.json."""
+        faiss = _faiss()
+        n, d = rows.shape
         tmp.mkdir(parents=True)
         timings = {}
 
         # 1. flat float16 store = FAISS flat IP index file (streamed, O(chunk) memory)
         t0 = time.perf_counter()
         _check_flat_layout(d)
+        renormalized = 0
         with open(tmp / "flat.faiss", "wb") as fh:
             fh.write(_flat_header(d, n))
             for s in _progress(range(0, n, chunk), progress, "index: float16 store"):
-                block = np.asarray(rows[s:s + chunk])
-                if not np.all(np.isfinite(block)):
-                    bad = s + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
-                    raise DataError(f"archive row {bad} contains NaN/inf; fix or drop it before indexing")
+                block = np.asarray(rows[s:s + chunk], dtype=np.float32)
+                finite = np.isfinite(block).all(axis=1)
+                norms = np.linalg.norm(np.where(finite[:, None], block, 0), axis=1)
+                if not finite.all() or (norms == 0).any():
+                    bad = s + int(np.flatnonzero(~finite | (norms == 0))[0])
+                    raise DataError(f"archive row {bad} contains NaN/inf or is all zero; fix or drop it before "
+                                    "indexing")
+                off = np.abs(norms - 1.0) > 1e-3  # the kit's one rule: renormalise, count, record
+                if off.any():
+                    renormalized += int(off.sum())
+                    block = block / norms[:, None]
                 fh.write(np.ascontiguousarray(block, dtype=np.float16).tobytes())
+        if renormalized:
+            import warnings
+
+            warnings.warn(f"{renormalized} of {n} archive rows were not unit length; renormalised before indexing "
+                          "(recorded in meta['renormalized'])", stacklevel=4)
         timings["flat_s"] = time.perf_counter() - t0
         stored = _rows_memmap(tmp / "flat.faiss", n, d)
 
@@ -370,11 +419,20 @@ class ArchiveIndex:
         factory = _default_fast(n, d) if fast == "auto" else fast
         if factory:
             t0 = time.perf_counter()
-            index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+            try:
+                index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+            except RuntimeError as exc:
+                raise DataError(f"--fast {factory!r} is not a FAISS index_factory string for d={d} "
+                                f"({str(exc).strip().splitlines()[-1][:120]})") from None
             if not index.is_trained:
                 m = train_size or min(n, max(256 * 39, 40 * _nlist(index)))
                 pick = np.sort(np.random.default_rng(seed).choice(n, size=min(m, n), replace=False))
-                index.train(np.asarray(stored[pick], dtype=np.float32))
+                try:
+                    index.train(np.asarray(stored[pick], dtype=np.float32))
+                except RuntimeError as exc:
+                    raise DataError(f"the fast index {factory!r} cannot be trained on {n} archive rows "
+                                    f"({str(exc).strip().splitlines()[-1][:160]}); build with --fast none (exact "
+                                    "search needs no fast index), or a smaller factory") from None
             for s in _progress(range(0, n, chunk), progress, "index: fast index"):
                 index.add(np.asarray(stored[s:s + chunk], dtype=np.float32))
             faiss.write_index(index, str(tmp / "fast.faiss"))
@@ -389,13 +447,19 @@ class ArchiveIndex:
                 "storage": "float16", "model": fmeta.get("model"), "feature_meta": fmeta,
                 "fast": factory or None, "nprobe": int(nprobe), "build": timings,
                 "faiss_version": faiss.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if renormalized:
+            meta["renormalized"] = renormalized
+        if isinstance(source, (str, os.PathLike)):
+            meta["built_from"] = str(source)
         from . import __version__
 
         meta["kit_version"] = __version__
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
         del stored
-        os.replace(tmp, out)
-        return cls.load(out)
+        meta["files"] = {f.name: {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+                         for f in sorted(tmp.iterdir()) if f.name in INDEX_FILES}
+        meta["meta_sha256"] = _meta_checksum(meta)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        return meta
 
     def save(self, out_dir, overwrite: bool = False) -> Path:
         """Copy this index's files to another folder (the index is always written by :meth:`build`)."""
@@ -409,34 +473,47 @@ class ArchiveIndex:
         return out
 
     @classmethod
-    def load(cls, index_dir, use_gpu: str | bool = "auto") -> "ArchiveIndex":
-        """Open an index folder: the float16 store is memory-mapped (FAISS and numpy share the file)."""
+    def load(cls, index_dir, use_gpu: str | bool = "auto", verify: bool | None = None) -> "ArchiveIndex":
+        """Open an index folder: the float16 store is memory-mapped (FAISS and numpy share the file).
+
+        Checks the recorded file sizes, and the sha256 of files up to VERIFY_BYTES (``verify=True``: all files;
+        ``False``: sizes only). A mismatch raises DataError "index damaged: ... rebuild with ...".
+        """
         faiss = _faiss()
         root = Path(index_dir)
-        if not (root / "meta.json").is_file():
+        if not root.is_dir() or not (root / "meta.json").is_file():
             raise DataError(f"{root} is not an archive index (no meta.json); build one with "
                             "`rscir-kit index build --features FEATS.npz --out INDEX_DIR`")
-        meta = json.loads((root / "meta.json").read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise DataError(f"{root}: index format {meta.get('format_version')} but this kit reads "
-                            f"{FORMAT_VERSION}; rebuild it with `rscir-kit index build`")
+        meta = _verified_meta(root, verify)
         n, d = int(meta["n"]), int(meta["d"])
-        st = np.load(root / "stats.npz")
-        stats = ArchiveStats(st["mu"], st["cov"], int(st["n"]), float(st["max_norm"]))
-        flat = faiss.read_index(str(root / "flat.faiss"), faiss.IO_FLAG_MMAP_IFC)
+        try:
+            st = np.load(root / "stats.npz")
+            stats = ArchiveStats(st["mu"], st["cov"], int(st["n"]), float(st["max_norm"]))
+            flat = faiss.read_index(str(root / "flat.faiss"), faiss.IO_FLAG_MMAP_IFC)
+        except Exception as exc:
+            raise _damaged(root, meta, "stats.npz or flat.faiss", f"{type(exc).__name__}") from None
         if flat.ntotal != n or flat.d != d:
-            raise DataError(f"{root}/flat.faiss holds {flat.ntotal}×{flat.d}, meta.json says {n}×{d}: rebuild")
+            raise _damaged(root, meta, "flat.faiss", f"holds {flat.ntotal}×{flat.d}, meta.json says {n}×{d}")
         rows = _rows_memmap(root / "flat.faiss", n, d)
         fast = None
         if (root / "fast.faiss").is_file():
-            fast = faiss.read_index(str(root / "fast.faiss"))
+            try:
+                fast = faiss.read_index(str(root / "fast.faiss"))
+            except Exception as exc:
+                raise _damaged(root, meta, "fast.faiss", type(exc).__name__) from None
             if use_gpu is True or (use_gpu == "auto" and _gpu_available(faiss)):
                 try:  # pragma: no cover - no GPU FAISS in CI
                     fast = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, fast)
                 except Exception:  # an index type without GPU support stays on the CPU
                     pass
-        paths = np.load(root / "paths.npy") if (root / "paths.npy").is_file() else None
-        labels = np.load(root / "labels.npy") if (root / "labels.npy").is_file() else None
+        try:
+            paths = np.load(root / "paths.npy") if (root / "paths.npy").is_file() else None
+            labels = np.load(root / "labels.npy") if (root / "labels.npy").is_file() else None
+        except Exception as exc:
+            raise _damaged(root, meta, "paths.npy or labels.npy", type(exc).__name__) from None
+        for name, arr in (("paths.npy", paths), ("labels.npy", labels)):
+            if arr is not None and arr.shape != (n,):
+                raise _damaged(root, meta, name, f"shape {arr.shape}, expected ({n},)")
         return cls(root, meta, stats, flat, rows, fast, paths, labels)
 
     # ------------------------------------------------------------------ scoring primitives
@@ -477,7 +554,7 @@ class ArchiveIndex:
         image_feat / text_feat: (d,) float query embeddings (L2-normalised; used as float32). A modality may
         be None only when its weight is 0 (λ=1 for the image, λ=0 for the text): single-modality search.
         mode: "exact" (TA over flat lists; identical to "scan"), "fast" (candidates from the approximate
-        index's lists, re-scored exactly; recall < 1 possible), "scan" (two-pass brute force).
+        index's lists, re-scored exactly; recall < 1 possible), "scan" (brute force).
         nprobe: IVF cells for "fast" with an IVF fast index (default: stored at build).
         depth: "fast": entries read per list (default 100·k); "exact": first list depth (default from the
         fast candidates, else ≈ √(kN); grown ×4 while the threshold test fails).
@@ -521,7 +598,7 @@ class ArchiveIndex:
             if found is None:
                 info["fallback"] = "scan"
         if found is None:
-            found = self._scan(Q, lam, k, info)
+            found = self._scan(Q, lam, k, info, mean, std)
         ids, tail, sims = found
         info["seconds"] = time.perf_counter() - t0
         return SearchResult(ids, 1.0 - tail, sims[:, 0] if qi is not None else np.full(len(ids), np.nan),
@@ -690,20 +767,68 @@ class ArchiveIndex:
                 return None
             step = min(length, step * 2)
 
-    def _scan(self, Q, lam, k, info):
-        """Two-pass brute force (the reference): all N float64 similarities, full-pass mean/std, top-k."""
+    def _scan(self, Q, lam, k, info, mean, std):
+        """Brute force (the reference): all N float64 similarities, WeiCom with the stored statistics, top-k."""
         n = self.n
         sims = np.empty((n, 2), np.float64)
         q64 = np.ascontiguousarray(np.asarray(Q, dtype=np.float64).T)
         for s in range(0, n, _BLOCK):  # pass 1: similarities (same row-local kernel as the re-scoring)
             _row_dots(self.rows[s:s + _BLOCK], q64, sims[s:s + _BLOCK])
-        mean = sims.mean(axis=0)
-        std = sims.std(axis=0, ddof=1)
+        # the stored statistics, as in the exact/fast modes: one set of numbers, so ties order alike everywhere
         tail = weicom_tail(sims[:, 0], sims[:, 1], lam, mean, std)  # pass 2: score + top-k
         ids = np.arange(n, dtype=np.int64)
         top = _stable_top(tail, ids, k)
-        info.update({"lists": "scan", "scan_mean": mean.tolist(), "scan_std": std.tolist()})
+        info.update({"lists": "scan", "scan_mean": sims.mean(axis=0).tolist(),
+                     "scan_std": sims.std(axis=0, ddof=1).tolist()})
         return ids[top], tail[top], sims[top]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _meta_checksum(meta: dict) -> str:
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _rebuild_hint(root: Path, meta: dict | None) -> str:
+    src = (meta or {}).get("built_from") or "FEATS.npz"
+    return f"rscir-kit index build --features {src} --out {root} --overwrite"
+
+
+def _damaged(root: Path, meta: dict | None, name: str, why: str) -> DataError:
+    return DataError(f"index damaged: {root / name} ({why}); rebuild with `{_rebuild_hint(root, meta)}`")
+
+
+def _verified_meta(root: Path, verify: bool | None) -> dict:
+    """meta.json, checked against its own checksum, with the recorded sizes/checksums of the other files."""
+    try:
+        meta = json.loads((root / "meta.json").read_text(encoding="utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _damaged(root, None, "meta.json", f"unreadable: {type(exc).__name__}") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{root}: index format {meta.get('format_version')} but this kit reads "
+                        f"{FORMAT_VERSION}; rebuild it with `{_rebuild_hint(root, meta)}`")
+    if "meta_sha256" in meta and meta["meta_sha256"] != _meta_checksum(meta):
+        raise _damaged(root, meta, "meta.json", "its content does not match its checksum")
+    for name, rec in (meta.get("files") or {}).items():
+        f = root / name
+        if not f.is_file():
+            raise _damaged(root, meta, name, "missing")
+        size = f.stat().st_size
+        if size != rec["bytes"]:
+            raise _damaged(root, meta, name, f"{size} bytes, {rec['bytes']} recorded")
+        if (verify is None and size <= VERIFY_BYTES) or verify:
+            if _sha256(f) != rec["sha256"]:
+                raise _damaged(root, meta, name, "checksum differs from the one recorded at build")
+    return meta
 
 
 def _nlist(index) -> int:

@@ -96,7 +96,7 @@ def test_sigint_then_rerun_resumes(tmp_path, ucm_root, standin_spec):
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     partial = tmp_path / "f.npz.partial"
     deadline = time.time() + 300
-    while time.time() < deadline and not list(partial.glob("chunk_*.npy")) and proc.poll() is None:
+    while time.time() < deadline and not list(partial.glob("chunk_*.npz")) and proc.poll() is None:
         time.sleep(0.05)
     if proc.poll() is not None:
         pytest.skip("extraction finished before it could be interrupted")
@@ -105,7 +105,7 @@ def test_sigint_then_rerun_resumes(tmp_path, ucm_root, standin_spec):
     if proc.returncode == 0:
         pytest.skip("extraction finished before the signal arrived")
     assert proc.returncode == 130 and "resume" in err
-    kept = len(list(partial.glob("chunk_*.npy")))
+    kept = len(list(partial.glob("chunk_*.npz")))
     assert kept >= 1 and not out.exists()
     assert cli.main(args(out)) == 0
     ref = tmp_path / "ref.npz"

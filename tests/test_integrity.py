@@ -240,3 +240,336 @@ def test_utf8_bom_is_accepted(tiny_patterncom):
 
 def test_device_banana_is_one_line(tiny_patterncom, capsys):
     _one_line_error(capsys, main(_evaluate_args(tiny_patterncom, "--device", "banana")), "unknown device 'banana'")
+
+
+# ====================================================================================== extraction
+def _write_jpgs(root, classes=("alpha", "beta"), per_class=5, size=(32, 24), seed=0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(root / c / f"{c}{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from _tiny_model import TinyTorchEncoder
+
+    return TinyTorchEncoder()
+
+
+class _Chunks:
+    """on_chunk callback recording the chunks computed (optionally interrupting after ``stop_after``)."""
+
+    def __init__(self, stop_after=None):
+        self.stop_after, self.seen = stop_after, []
+
+    def __call__(self, k, n):
+        self.seen.append(k)
+        if self.stop_after is not None and len(self.seen) >= self.stop_after:
+            raise KeyboardInterrupt
+
+
+def _extract(coll, enc, out, **kw):
+    from rscir_kit.features import extract_image_features
+
+    kw.setdefault("batch_size", 2)
+    kw.setdefault("chunk_size", 2)
+    return extract_image_features(coll, enc, out, progress=False, **kw)
+
+
+def _rows_by_path(feats):
+    return dict(zip(feats.paths.tolist(), feats.feats))
+
+
+def test_3_image_rewritten_under_the_same_name_is_re_encoded(tmp_path, tiny):
+    from PIL import Image
+
+    from rscir_kit.imagesets import ImageCollection
+
+    root = _write_jpgs(tmp_path / "imgs")
+    first = _extract(ImageCollection.from_folder(root), tiny, tmp_path / "f.npz")
+    target = root / "beta" / "beta2.png"
+    Image.fromarray(np.full((24, 32, 3), 200, np.uint8)).save(target)  # new content, same name
+    cb = _Chunks()
+    second = _extract(ImageCollection.from_folder(root), tiny, tmp_path / "f.npz", on_chunk=cb)
+    assert len(cb.seen) == 1  # only that image (before: "reused out/ch.npz", the old row kept)
+    a, b = _rows_by_path(first), _rows_by_path(second)
+    assert not np.allclose(a["beta/beta2.png"], b["beta/beta2.png"])
+    assert all(np.array_equal(a[p], b[p]) for p in a if p != "beta/beta2.png")
+    np.testing.assert_allclose(b["beta/beta2.png"], tiny.encode_images(tiny.preprocess(Image.open(target))[None])[0],
+                               atol=1e-6)
+    # same size and a restored mtime: only the opt-in content hash can tell
+    st = target.stat()
+    data = bytearray(target.read_bytes())
+    Image.fromarray(np.full((24, 32, 3), 10, np.uint8)).save(tmp_path / "x.png")
+    new = (tmp_path / "x.png").read_bytes()
+    if len(new) == len(data):
+        target.write_bytes(new)
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+        cb = _Chunks()
+        _extract(ImageCollection.from_folder(root), tiny, tmp_path / "f.npz", on_chunk=cb)
+        assert cb.seen == []
+    cb = _Chunks()
+    hashed = _extract(ImageCollection.from_folder(root), tiny, tmp_path / "f.npz", on_chunk=cb, content_hash=True)
+    assert len(cb.seen) == 5 and hashed.meta["image_keys"] == "path+size+mtime+sha256"
+    np.testing.assert_allclose(_rows_by_path(hashed)["beta/beta2.png"],
+                               tiny.encode_images(tiny.preprocess(Image.open(target))[None])[0], atol=1e-6)
+
+
+def test_3_fingerprint_covers_size_and_mtime(tmp_path):
+    from rscir_kit.imagesets import ImageCollection
+
+    root = _write_jpgs(tmp_path / "imgs", per_class=2)
+    coll = ImageCollection.from_folder(root)
+    fp, keys = coll.fingerprint(), coll.file_keys()
+    f = root / "alpha" / "alpha0.png"
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    assert coll.fingerprint() != fp and coll.file_keys()[0] != keys[0] and coll.file_keys()[1:] == keys[1:]
+    assert len(coll.file_keys(content_hash=True)[0]) == 40
+
+
+def _tiff16(path, arr):
+    from PIL import Image
+
+    Image.fromarray(arr.astype(np.uint16)).save(path)
+
+
+def test_4_sixteen_bit_images_are_stretched_documented_or_refused(tmp_path, tiny):
+    import tifffile
+
+    from rscir_kit.errors import ModelMismatchError
+    from rscir_kit.imagesets import ImageCollection, ImageDecoding, decode_image, load_image
+
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    ramp = (np.arange(24 * 32).reshape(24, 32) * 4 + 1000).astype(np.uint16)  # 1000..4068: all > 255
+    _tiff16(tmp_path / "imgs" / "a" / "g16.tif", ramp)
+    image, converted = decode_image(tmp_path / "imgs" / "a" / "g16.tif")
+    arr = np.asarray(image)
+    assert converted and image.mode == "RGB" and arr.min() == 0 and arr.max() == 255  # before: all 255 (white)
+    lo, hi = np.percentile(ramp.astype(float), [2, 98])
+    expected = np.clip(np.round((ramp - lo) * 255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(arr[:, :, 0], expected)
+    assert (arr[:, :, 0] == arr[:, :, 2]).all()
+    fixed = np.asarray(load_image(tmp_path / "imgs" / "a" / "g16.tif", ImageDecoding(stretch=(1000, 5000))))[:, :, 0]
+    np.testing.assert_array_equal(fixed, np.round((ramp - 1000) * 255.0 / 4000).astype(np.uint8))
+    with pytest.raises(DataError, match=r"g16\.tif is a uint16 image.*stretch='image' \(CLI --stretch image"):
+        load_image(tmp_path / "imgs" / "a" / "g16.tif", ImageDecoding(stretch="refuse"))
+    # more than three bands: refused naming the option, which then works
+    bands = np.random.default_rng(0).integers(0, 4000, (24, 32, 6)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "imgs" / "a" / "m6.tif", bands, photometric="minisblack", planarconfig="contig")
+    with pytest.raises(DataError, match=r"m6\.tif has 6 bands.*bands=\(r, g, b\).*--bands 4,3,2"):
+        load_image(tmp_path / "imgs" / "a" / "m6.tif")
+    rgb = np.asarray(load_image(tmp_path / "imgs" / "a" / "m6.tif", ImageDecoding(bands=(4, 3, 2))))
+    for j, b in enumerate((4, 3, 2)):
+        band = bands[:, :, b - 1].astype(float)
+        lo, hi = np.percentile(band, [2, 98])
+        np.testing.assert_array_equal(rgb[:, :, j], np.clip(np.round((band - lo) * 255 / (hi - lo)), 0, 255))
+    with pytest.raises(DataError, match="asks for band 7"):
+        load_image(tmp_path / "imgs" / "a" / "m6.tif", ImageDecoding(bands=(7, 3, 2)))
+    # per dataset: one range pooled over the collection; recorded in the feature file and checked on reuse
+    (tmp_path / "imgs" / "a" / "m6.tif").unlink()
+    _tiff16(tmp_path / "imgs" / "a" / "h16.tif", ramp * 2)
+    coll = ImageCollection.from_folder(tmp_path / "imgs")
+    lo, hi = coll.stretch_range()
+    assert 1000 < lo < 2000 and 4000 < hi < 8136
+    with pytest.warns(UserWarning, match="2 of the 2 images encoded in this run were not 8-bit RGB"):
+        feats = _extract(coll, tiny, tmp_path / "f.npz")
+    assert feats.meta["image_decoding"] == {"high_bit": "percentile 2-98 stretch per image and band -> 8 bit",
+                                            "bands": None}
+    with pytest.raises(ModelMismatchError, match="decoded with"):
+        _extract(coll.with_decoding(stretch=(lo, hi)), tiny, tmp_path / "f.npz")
+    with pytest.raises(DataError, match="uint16"):
+        _extract(coll.with_decoding(stretch="refuse"), tiny, tmp_path / "g.npz")
+
+
+def test_7_unreadable_images_all_reported_finished_work_kept(tmp_path, tiny):
+    from rscir_kit.features import bad_files_path
+    from rscir_kit.imagesets import ImageCollection
+
+    root = _write_jpgs(tmp_path / "imgs")
+    coll = ImageCollection.from_folder(root)
+    ref = _extract(coll, tiny, tmp_path / "ref.npz")
+    (root / "alpha" / "alpha1.png").write_bytes(b"\x89PNG broken")
+    (root / "beta" / "beta3.png").write_bytes(b"")
+    out = tmp_path / "f.npz"
+    with pytest.raises(DataError, match=r"2 of 10 images could not be read \(alpha/alpha1\.png .*beta/beta3\.png"):
+        _extract(coll, tiny, out)  # before: stopped at the first one
+    listed = bad_files_path(out).read_text().splitlines()
+    assert [line.split("\t")[0] for line in listed] == ["path", "alpha/alpha1.png", "beta/beta3.png"]
+    assert not out.exists()
+    # remove them: the 8 finished images are reused, nothing recomputed (before: 288 of 301 recomputed)
+    (root / "alpha" / "alpha1.png").unlink()
+    (root / "beta" / "beta3.png").unlink()
+    cb = _Chunks()
+    got = _extract(ImageCollection.from_folder(root), tiny, out, on_chunk=cb)
+    assert cb.seen == [] and len(got) == 8 and not bad_files_path(out).exists()
+    r = _rows_by_path(ref)
+    assert all(np.array_equal(r[p], row) for p, row in _rows_by_path(got).items())
+    # an added image: only it is encoded; the list shrinking again: nothing is
+    _write_jpgs(root, classes=("gamma",), per_class=1, seed=5)
+    cb = _Chunks()
+    assert len(_extract(ImageCollection.from_folder(root), tiny, out, on_chunk=cb)) == 9 and len(cb.seen) == 1
+    cb = _Chunks()
+    assert len(_extract(ImageCollection.from_folder(root, limit_per_class=2), tiny, out, on_chunk=cb)) == 5
+    assert cb.seen == []
+    # --no-resume recomputes (before: refused like a list change)
+    cb = _Chunks()
+    assert len(_extract(ImageCollection.from_folder(root), tiny, out, on_chunk=cb, resume=False)) == 9
+    assert len(cb.seen) == 5
+
+
+def test_7_on_error_skip_lists_every_bad_file(tmp_path, tiny, capsys, monkeypatch):
+    from rscir_kit.commands import extract as extract_cmd
+    from rscir_kit.features import bad_files_path
+
+    root = _write_jpgs(tmp_path / "imgs")
+    (root / "alpha" / "alpha1.png").write_bytes(b"garbage")
+    (root / "beta" / "beta0.png").write_bytes(b"garbage")
+    (root / "beta" / "beta4.png").write_bytes(b"")
+    monkeypatch.setattr(extract_cmd, "_encoder", lambda args: tiny)
+    out = tmp_path / "f.npz"
+    code = main(["extract", "--images", str(root), "--out", str(out), "--on-error", "skip", "--quiet",
+                 "--batch-size", "2"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "left out 3 of 10 unreadable images" in err and "Traceback" not in err
+    for name in ("alpha/alpha1.png", "beta/beta0.png", "beta/beta4.png"):
+        assert name in err and name in bad_files_path(out).read_text()
+    feats = ImageFeatures.load(out)
+    assert len(feats) == 7 and feats.meta["skipped"] == 3 and "beta/beta0.png" not in feats.paths
+    # stop mode through the CLI: one line, after every readable image was encoded
+    code = main(["extract", "--images", str(root), "--out", str(tmp_path / "g.npz"), "--quiet"])
+    _one_line_error(capsys, code, "3 of 10 images could not be read", "g.npz.bad-files.txt", "--on-error skip")
+    # missing files are refused before the model is loaded
+    monkeypatch.setattr(extract_cmd, "_encoder", lambda args: pytest.fail("model loaded before validation"))
+    lst = tmp_path / "list.csv"
+    lst.write_text("path,label\nalpha/alpha0.png,a\nalpha/nope.png,a\n")
+    code = main(["extract", "--file-list", str(lst), "--root", str(root), "--out", str(tmp_path / "h.npz")])
+    _one_line_error(capsys, code, "1 of 2 images are missing", "nope.png")
+
+
+def test_8_a_second_run_on_one_output_is_refused_clearly(tmp_path, tiny, capsys, monkeypatch):
+    from rscir_kit.commands import extract as extract_cmd
+    from rscir_kit.errors import BusyError
+    from rscir_kit.imagesets import ImageCollection
+    from rscir_kit.index import ArchiveIndex
+    from rscir_kit.io import run_lock
+
+    root = _write_jpgs(tmp_path / "imgs", per_class=2)
+    out = tmp_path / "f.npz"
+    with pytest.raises(KeyboardInterrupt):
+        _extract(ImageCollection.from_folder(root), tiny, out, on_chunk=_Chunks(stop_after=1))
+    chunks = sorted((tmp_path / "f.npz.partial").iterdir())
+    with run_lock(out, "extraction"):  # another run holds it
+        with pytest.raises(BusyError, match=r"f\.npz is being written by another extraction") as info:
+            _extract(ImageCollection.from_folder(root), tiny, out)
+        assert "delete" not in str(info.value)
+        monkeypatch.setattr(extract_cmd, "_encoder", lambda args: tiny)
+        code = main(["extract", "--images", str(root), "--out", str(out), "--quiet"])
+        _one_line_error(capsys, code, "being written by another extraction")
+        assert sorted((tmp_path / "f.npz.partial").iterdir()) == chunks  # the live run's work is untouched
+    assert len(_extract(ImageCollection.from_folder(root), tiny, out)) == 4
+    feats = ImageFeatures.load(out)
+    with run_lock(tmp_path / "idx", "index build"):
+        with pytest.raises(BusyError, match="another index build"):
+            ArchiveIndex.build(feats, tmp_path / "idx")
+    ArchiveIndex.build(feats, tmp_path / "idx")
+
+
+def test_9_leftovers_of_killed_runs_are_cleaned(tmp_path, tiny, monkeypatch):
+    from rscir_kit.imagesets import ImageCollection
+    from rscir_kit.index import ArchiveIndex
+
+    root = _write_jpgs(tmp_path / "imgs", per_class=2)
+    out = tmp_path / "run" / "f.npz"
+    with pytest.raises(KeyboardInterrupt):
+        _extract(ImageCollection.from_folder(root), tiny, out, on_chunk=_Chunks(stop_after=1))
+    # what a SIGKILL during the final write / a chunk write leaves
+    (tmp_path / "run" / ".f.npz.tmp-a1b2c3.npz").write_bytes(b"half")
+    (tmp_path / "run" / "f.npz.partial" / ".chunk_000001.npz.tmp-zz.npz").write_bytes(b"half")
+    (tmp_path / "run" / "other.txt").write_text("not ours")
+    _extract(ImageCollection.from_folder(root), tiny, out)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".f.npz.lock", "f.npz", "other.txt"]
+    # a failed index build (disk full while writing the statistics) leaves no *.building; a stale one is removed
+    feats = ImageFeatures.load(out)
+    import rscir_kit.index as index_mod
+
+    real = np.savez
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(index_mod.np, "savez", full)
+    with pytest.raises(OutputError, match=r"idx: disk full"):
+        ArchiveIndex.build(feats, tmp_path / "idx")
+    monkeypatch.setattr(index_mod.np, "savez", real)
+    assert not (tmp_path / "idx.building").exists() and not (tmp_path / "idx").exists()
+    (tmp_path / "idx.building").mkdir()
+    (tmp_path / "idx.building" / "flat.faiss").write_bytes(b"old")
+    ArchiveIndex.build(feats, tmp_path / "idx")
+    assert not (tmp_path / "idx.building").exists()
+
+
+@pytest.mark.parametrize("name", ["flat.faiss", "fast.faiss", "stats.npz", "paths.npy", "labels.npy", "meta.json"])
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_damaged_index_files_say_index_damaged(tmp_path, capsys, name, damage):
+    from rscir_kit.index import ArchiveIndex
+
+    rng = np.random.default_rng(0)
+    n = 1100  # enough for the default fast index
+    ArchiveIndex.build(ImageFeatures(_unit(rng, n, 16), [f"c/{i}.jpg" for i in range(n)], ["c"] * n,
+                                     {"model": "random-plumbing"}), tmp_path / "idx", fast="auto")
+    f = tmp_path / "idx" / name
+    data = bytearray(f.read_bytes())
+    if damage == "flip":
+        pos = len(data) // 2 if name != "meta.json" else data.index(b'"n": 1100') + 6
+        data[pos] ^= 0x01
+    else:
+        data = data[: len(data) - 7]
+    f.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=rf"index damaged: .*{name.replace('.', '[.]')}.*rebuild with `rscir-kit index build"):
+        ArchiveIndex.load(tmp_path / "idx")
+    code = main(["index", "info", "--index", str(tmp_path / "idx")])
+    _one_line_error(capsys, code, "index damaged", name)
+
+
+def test_index_build_on_few_images_and_out_that_is_a_file(tmp_path, capsys):
+    from rscir_kit.index import ArchiveIndex
+
+    rng = np.random.default_rng(1)
+    for n in (2, 7, 15):
+        feats = ImageFeatures(_unit(rng, n, 16), [f"c/{i}.jpg" for i in range(n)], ["c"] * n, {"model": "m"})
+        idx = ArchiveIndex.build(feats, tmp_path / f"idx{n}")  # before: FAISS "number of training points" crash
+        assert idx.fast is None and idx.meta["fast"] is None
+        res = idx.search(feats.feats[0], feats.feats[1], lam=0.5, k=3)
+        ref = idx.search(feats.feats[0], feats.feats[1], lam=0.5, k=3, mode="scan")
+        np.testing.assert_array_equal(res.indices, ref.indices)
+    feats.save(tmp_path / "f.npz")
+    with pytest.raises(DataError, match=r"cannot be trained on 15 archive rows.*--fast none"):
+        ArchiveIndex.build(feats, tmp_path / "pq", fast="PQ4x8")
+    assert not (tmp_path / "pq.building").exists()
+    (tmp_path / "afile").write_text("x")
+    code = main(["index", "build", "--features", str(tmp_path / "f.npz"), "--out", str(tmp_path / "afile"), "--quiet"])
+    _one_line_error(capsys, code, "afile is a file")
+
+
+def test_exact_and_scan_score_with_the_same_numbers_so_ties_order_alike(tmp_path):
+    from rscir_kit.index import ArchiveIndex
+
+    rng = np.random.default_rng(3)
+    base = _unit(rng, 40, 16)
+    x = base[rng.integers(0, 40, 600)]  # every row ~15 times: ties everywhere
+    idx = ArchiveIndex.build(x, tmp_path / "idx", fast=None)
+    for q in range(8):
+        qi, qt = x[rng.integers(600)], base[rng.integers(40)]
+        for lam in (0.3, 0.5, 0.8):
+            a = idx.search(qi, qt, lam=lam, k=50, mode="exact")
+            b = idx.search(qi, qt, lam=lam, k=50, mode="scan")
+            np.testing.assert_array_equal(a.scores, b.scores)  # before: differed in the last bits
+            np.testing.assert_array_equal(a.indices, b.indices)
+            same = np.flatnonzero(np.diff(a.scores) == 0)
+            assert (a.indices[same] < a.indices[same + 1]).all()  # ties by archive order

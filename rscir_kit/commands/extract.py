@@ -37,7 +37,19 @@ def register(subparsers) -> None:
                    help="images per saved chunk in OUT.partial/ (default: a multiple of --batch-size near 256)")
     p.add_argument("--limit-per-class", type=int, default=None, help="keep the first N images per class (quick runs)")
     p.add_argument("--no-resume", action="store_true",
-                   help="recompute even if OUT or OUT.partial/ from the same model and image list exist")
+                   help="recompute everything (and replace OUT) even if OUT or OUT.partial/ hold encoded images")
+    p.add_argument("--on-error", choices=["stop", "skip"], default="stop",
+                   help="unreadable images: stop (default; every readable image is still encoded and kept, then all "
+                        "bad files are reported at once) or skip them; both list them in OUT.bad-files.txt")
+    p.add_argument("--stretch", default="image", metavar="image|dataset|refuse|LOW,HIGH",
+                   help="16-bit/float images -> 8 bit: percentile 2-98 stretch per image (default), one range pooled "
+                        "over the whole collection (dataset), a fixed LOW,HIGH range, or refuse them")
+    p.add_argument("--bands", default=None, metavar="R,G,B",
+                   help="1-based bands used as R,G,B for images with more than three bands (e.g. 4,3,2), or one band")
+    p.add_argument("--content-hash", action="store_true",
+                   help="identify images by content (sha256) as well as path, size and mtime (reads every file)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="image decoding threads (default: sized to the machine and device)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_extract)
 
@@ -64,34 +76,75 @@ def _encoder(args, stored: dict | None = None):
     return load_encoder(model, device=args.device or "auto", setup=chosen)
 
 
-def run_extract(args) -> int:
-    from ..features import extract_image_features
-    from ..imagesets import ImageCollection
+def _decoding(args, coll):
+    from ..errors import ParameterError
+    from ..imagesets import ImageDecoding
 
+    bands = None
+    if args.bands:
+        try:
+            bands = tuple(int(b) for b in args.bands.split(","))
+        except ValueError:
+            raise ParameterError(f"--bands takes 1-based band numbers such as 4,3,2, got {args.bands!r}") from None
+    stretch = args.stretch
+    if stretch not in ("image", "dataset", "refuse"):
+        try:
+            stretch = tuple(float(v) for v in stretch.split(","))
+        except ValueError:
+            raise ParameterError(f"--stretch takes image, dataset, refuse or LOW,HIGH, got {args.stretch!r}") from None
+    if stretch == "dataset":
+        rng = coll.with_decoding(ImageDecoding(bands=bands)).stretch_range()
+        stretch = rng if rng is not None else "image"
+        if rng is not None:
+            print(f"rscir-kit extract: dataset stretch range {rng[0]:g}..{rng[1]:g} (percentiles 2-98 pooled over the "
+                  "high-bit images)", file=sys.stderr)
+    return ImageDecoding(stretch=stretch, bands=bands)
+
+
+def run_extract(args) -> int:
+    from ..features import bad_files_path, extract_image_features
+    from ..imagesets import ImageCollection
+    from ..io import check_output_path
+
+    out = check_output_path(args.out, "file")
     if args.images:
         coll = ImageCollection.from_folder(args.images, limit_per_class=args.limit_per_class)
     else:
         coll = ImageCollection.from_file_list(args.file_list, root=args.root, limit_per_class=args.limit_per_class)
+    coll = coll.with_decoding(_decoding(args, coll))
+    missing = coll.missing_files()
+    if missing and args.on_error == "stop":  # before loading the model
+        raise DataError(f"{len(missing)} of {len(coll)} images are missing (e.g. {coll.root / missing[0]}). Fix the "
+                        "image root or the list, or pass --on-error skip to leave them out")
     t0 = time.perf_counter()
     enc = _encoder(args)
     print(f"rscir-kit extract: {coll}; {enc}", file=sys.stderr)
-    out = Path(args.out)
-    existed = out.exists()
+    existed = out.exists() and not args.no_resume
+    before = out.stat().st_mtime_ns if existed else None
     feats = extract_image_features(coll, enc, out, batch_size=args.batch_size, resume=not args.no_resume,
-                                   progress=not args.quiet, chunk_size=args.chunk_size)
-    verb = "reused" if existed and not args.no_resume else "wrote"
+                                   progress=not args.quiet, chunk_size=args.chunk_size, on_error=args.on_error,
+                                   workers=args.workers, content_hash=args.content_hash)
+    verb = "reused" if before is not None and out.stat().st_mtime_ns == before else \
+        ("updated" if before is not None else "wrote")
     print(f"rscir-kit extract: {verb} {out} ({len(feats)} x {feats.dim}) in {time.perf_counter() - t0:.1f} s",
           file=sys.stderr)
+    if feats.meta.get("skipped"):
+        print(f"rscir-kit extract: left out {feats.meta['skipped']} unreadable images, listed in "
+              f"{bad_files_path(out)}:", file=sys.stderr)
+        print(bad_files_path(out).read_text(encoding="utf-8"), file=sys.stderr, end="")
     return 0
 
 
 def run_encode_text(args) -> int:
     from ..features import encode_texts
 
+    from ..io import check_output_path, read_text
+
     path = Path(args.texts_file)
     if not path.is_file():
         raise DataError(f"texts file not found: {path}")
-    texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    check_output_path(args.out, "file")
+    texts = [line.strip() for line in read_text(path, "texts file").splitlines()]
     texts = [t for t in texts if t]
     if not texts:
         raise DataError(f"{path} holds no texts (one text per line, blank lines ignored)")

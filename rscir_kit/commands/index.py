@@ -40,6 +40,7 @@ def register(subparsers) -> None:
     b.set_defaults(func=run_build)
     i = sub.add_parser("info", help="print an index's metadata")
     i.add_argument("--index", required=True, metavar="INDEX_DIR")
+    i.add_argument("--verify", action="store_true", help="check the sha256 of every index file (also the large ones)")
     i.set_defaults(func=run_info)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -78,7 +79,9 @@ def run_build(args) -> int:
         _require_setup(args.features, args.setup)
     paths = None
     if args.paths:
-        paths = [line.rstrip("\n") for line in Path(args.paths).read_text(encoding="utf-8").splitlines()]
+        from ..io import read_text
+
+        paths = [line.rstrip("\n") for line in read_text(args.paths, "paths file").splitlines()]
     idx = ArchiveIndex.build(args.features, args.out, paths=paths, model=args.model, fast=fast, nprobe=args.nprobe,
                              overwrite=args.overwrite, progress=not args.quiet)
     t = idx.meta["build"]
@@ -105,11 +108,12 @@ def _require_setup(features, name: str) -> None:
 
 
 def run_info(args) -> int:
-    meta = json.loads((Path(args.index) / "meta.json").read_text()) if (Path(args.index) / "meta.json").is_file() \
-        else None
-    if meta is None:
-        raise DataError(f"{args.index} is not an archive index (no meta.json)")
-    print(json.dumps(meta, indent=1, sort_keys=True))
+    from ..index import ArchiveIndex
+
+    idx = ArchiveIndex.load(args.index, verify=True if args.verify else None)  # "index damaged: ..." when it is
+    print(json.dumps(idx.meta, indent=1, sort_keys=True))
+    if args.verify:
+        print(f"verified: the sha256 of all {len(idx.meta.get('files', {}))} index files match", file=sys.stderr)
     return 0
 
 
