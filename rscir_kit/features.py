@@ -14,6 +14,7 @@ two runs off one output; leftovers of killed runs are cleaned by the next one.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 import warnings
@@ -518,9 +519,8 @@ def _decoded_batches(coll, encoder, batches, workers):
 
     Images are decoded and preprocessed by ``workers`` threads (PIL and torch release the GIL) while the model
     runs; batches are stacked by one collating thread, into pinned memory and copied without blocking on CUDA.
+    A ``preprocess`` returning numpy arrays gets numpy batches (torch is then never imported).
     """
-    import torch
-
     from .imagesets import decode_image
 
     if not batches:
@@ -540,9 +540,15 @@ def _decoded_batches(coll, encoder, batches, workers):
         results = [f.result() for f in futures]
         errors = {i: r[2] for i, r in zip(idx, results) if r[2] is not None}
         good = [(i, r) for i, r in zip(idx, results) if r[2] is None]
-        x = torch.stack([r[0] for _, r in good]) if good else None
-        if cuda and x is not None:
-            x = x.pin_memory()
+        x = None
+        if good and isinstance(good[0][1][0], np.ndarray):
+            x = np.stack([r[0] for _, r in good])
+        elif good:
+            import torch
+
+            x = torch.stack([r[0] for _, r in good])
+            if cuda:
+                x = x.pin_memory()
         return [i for i, _ in good], x, [r[1] for _, r in good], errors
 
     decode = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="rscir-decode")
@@ -556,13 +562,13 @@ def _decoded_batches(coll, encoder, batches, workers):
                 continue
             c0, fut = pending.pop(0)
             good, x, conv, errors = fut.result()
-            if cuda and x is not None:
+            if cuda and x is not None and not isinstance(x, np.ndarray):
                 x = x.to(device, non_blocking=True)
             yield c0, good, x, conv, errors
         while pending:
             c0, fut = pending.pop(0)
             good, x, conv, errors = fut.result()
-            if cuda and x is not None:
+            if cuda and x is not None and not isinstance(x, np.ndarray):
                 x = x.to(device, non_blocking=True)
             yield c0, good, x, conv, errors
     finally:

@@ -27,40 +27,35 @@ def make_tiny_model_dir(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-class TinyTorchEncoder:
-    """A random linear image encoder with the kit's Encoder interface (plumbing tests that must start fast: only
-    torch is imported). ``delay`` seconds of sleep per preprocessed image make runs long enough to interrupt."""
+class TinyLinearEncoder:
+    """A random linear image encoder in numpy with the kit's Encoder interface, for plumbing tests that start many
+    processes (no torch import: fault injection). ``delay`` seconds of sleep per preprocessed image make runs long
+    enough to interrupt."""
 
     def __init__(self, dim: int = 12, size: int = 16, seed: int = 0, delay: float = 0.0):
         import numpy as np
-        import torch
 
-        torch.set_num_threads(1)  # bit-identical results across processes
-        self.device = torch.device("cpu")
-        self.dtype = torch.float32
+        self.device = "cpu"
         self.embed_dim, self.size, self.delay = dim, size, delay
-        self.weight = torch.from_numpy(np.random.default_rng(seed).standard_normal((3 * size * size, dim))
-                                       .astype("float32"))
-        self.model_id = f"tiny-torch-linear-{dim}-seed{seed}"
+        self.weight = np.random.default_rng(seed).standard_normal((3 * size * size, dim))
+        self.model_id = f"tiny-linear-{dim}-seed{seed}"
         self.meta = {"model": self.model_id, "model_name": self.model_id, "activation": "n/a", "embed_dim": dim,
-                     "image_size": [size, size], "preprocess": f"resize {size} bilinear, /255", "dtype": "float32",
+                     "image_size": [size, size], "preprocess": f"resize {size} bicubic, /255", "dtype": "float32",
                      "device": "cpu"}
 
     def preprocess(self, image):
         import time
 
         import numpy as np
-        import torch
 
         if self.delay:
             time.sleep(self.delay)
-        arr = np.asarray(image.convert("RGB").resize((self.size, self.size)), dtype="float32") / 255.0
-        return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+        arr = np.asarray(image.convert("RGB").resize((self.size, self.size)), dtype=np.float64) / 255.0
+        return arr.transpose(2, 0, 1).copy()
 
     def encode_images(self, x, batch_size: int = 64):
-        import torch
+        import numpy as np
 
-        with torch.inference_mode():
-            out = x.reshape(len(x), -1).float() @ self.weight
-            out = out / out.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return out.numpy()
+        x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        out = np.einsum("bi,id->bd", x, self.weight)  # row-local: a row's result never depends on its batch
+        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)

@@ -256,9 +256,9 @@ def _write_jpgs(root, classes=("alpha", "beta"), per_class=5, size=(32, 24), see
 
 @pytest.fixture(scope="module")
 def tiny():
-    from _tiny_model import TinyTorchEncoder
+    from _tiny_model import TinyLinearEncoder
 
-    return TinyTorchEncoder()
+    return TinyLinearEncoder()
 
 
 class _Chunks:
@@ -573,3 +573,74 @@ def test_exact_and_scan_score_with_the_same_numbers_so_ties_order_alike(tmp_path
             np.testing.assert_array_equal(a.indices, b.indices)
             same = np.flatnonzero(np.diff(a.scores) == 0)
             assert (a.indices[same] < a.indices[same + 1]).all()  # ties by archive order
+
+
+_CHILD = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from _tiny_model import TinyLinearEncoder
+from rscir_kit.features import extract_image_features
+from rscir_kit.imagesets import ImageCollection
+enc = TinyLinearEncoder(delay=0.004)
+assert "torch" not in sys.modules
+coll = ImageCollection.from_folder({root!r})
+print("ready", flush=True)
+t0 = time.perf_counter()
+extract_image_features(coll, enc, {out!r}, batch_size=2, chunk_size=4, progress=False, workers=2,
+                       on_chunk=lambda k, n: print("chunk", k, flush=True))
+print("done", time.perf_counter() - t0, flush=True)
+"""
+
+
+def test_sigkill_at_random_points_then_resume_is_bit_identical_and_leaves_nothing(tmp_path):
+    """SIGKILL extraction at random moments (decoding, chunk writes, the final write) in several runs; the
+    resumed file equals an uninterrupted run's to the bit, and only the result (and its lock file) remain."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = _write_jpgs(tmp_path / "imgs", classes=("a", "b", "c", "d"), per_class=10)
+    tests = str(Path(__file__).parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
+
+    def start(out):
+        proc = subprocess.Popen([sys.executable, "-c", _CHILD.format(tests=tests, root=str(root), out=str(out))],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        return proc
+
+    ref_dir = tmp_path / "ref"
+    ref_dir.mkdir()
+    proc = start(ref_dir / "f.npz")
+    out_text, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    duration = float(out_text.split()[-1])
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    out = run_dir / "f.npz"
+    rng = random.Random(1234)
+    interrupted = 0
+    for _ in range(6):  # each run: let it save 0-3 chunks, then kill it at a random moment of the next ones
+        proc = start(out)
+        for _ in range(rng.randint(0, 3)):
+            if not proc.stdout.readline().startswith("chunk"):
+                break
+        time.sleep(rng.uniform(0.0, duration / 8))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            interrupted += 1
+        proc.communicate(timeout=120)
+        if out.exists():
+            break
+    assert interrupted >= 2
+    proc = start(out)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    a, b = ImageFeatures.load(ref_dir / "f.npz"), ImageFeatures.load(out)
+    np.testing.assert_array_equal(a.feats, b.feats)
+    assert a.paths.tolist() == b.paths.tolist() and a.keys.tolist() == b.keys.tolist()
+    assert sorted(p.name for p in run_dir.iterdir()) == [".f.npz.lock", "f.npz"]
