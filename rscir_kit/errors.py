@@ -14,11 +14,35 @@ class ModelMismatchError(RscirError, ValueError):
 
 
 class MissingDataError(DataError):
-    """A dataset is absent and cannot be fetched automatically; the message says how to get it.
+    """Data that is *absent* (not asked to be downloaded, or not downloadable); the message says how to get it.
 
-    The notebook runner reports a notebook stopped by this error as *skipped* (data not available) and
-    goes on with the others, instead of failing the whole main job.
+    The rule: absent data → MissingDataError → the notebook runner reports that notebook as *skipped* (data
+    not available) and goes on with the others; data that is present but wrong (a malformed row, wrong image
+    counts), or a download that was tried and failed → DataError → the notebook fails.
     """
+
+
+class DatasetNotFoundError(MissingDataError):
+    """A dataset's files are not under its root. Built from the dataset object (torchgeo style): names the
+    dataset, the root and what was looked for, says whether ``download=True`` would fetch it, and what to do
+    otherwise (the dataset's ``manual`` steps).
+
+    The dataset object provides ``title``, ``root``, ``downloadable`` (bool), ``url`` and ``manual``.
+    """
+
+    def __init__(self, dataset, looked_for: str | None = None, download: bool = False):
+        self.dataset = dataset
+        title = getattr(dataset, "title", type(dataset).__name__)
+        where = f"{title} not found under {getattr(dataset, 'root', '?')}"
+        if looked_for:
+            where += f" (no {looked_for})"
+        manual = getattr(dataset, "manual", "") or f"get it from {getattr(dataset, 'url', 'its authors')}"
+        if getattr(dataset, "downloadable", False):
+            hint = f"Pass download=True to fetch it from {dataset.url}, or {manual}."
+        else:
+            hint = (f"It cannot be downloaded automatically{' (download=True cannot do this step)' if download else ''}:"
+                    f" {manual}.")
+        super().__init__(f"{where}. {hint}")
 
 
 class ParameterError(RscirError, ValueError):

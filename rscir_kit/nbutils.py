@@ -21,12 +21,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import config
-from .errors import DataError
+from . import config, pipeline
+from .datasets import benchmark_names, get_benchmark
+from .errors import DataError, ParameterError
 from .io import atomic_path, atomic_write
-from .pipeline import model_slug
+from .pipeline import BenchmarkData
 
-DATASETS = ("ucmcom", "patterncom")
+DATASETS = tuple(benchmark_names("composed"))  # the notebooks' dataset= values (the registry)
 DEFAULT_LAMBDAS = tuple(round(0.1 * i, 1) for i in range(11))
 RESULTS_FILE = "results.json"
 FIGURE_FORMATS = ("png", "pdf")
@@ -305,148 +306,17 @@ def list_outputs(output_root) -> dict[str, dict[str, list[str]]]:
 
 
 # ------------------------------------------------------------------------------------------ benchmark
-@dataclass
-class Benchmark:
-    """Everything the composed-retrieval notebooks evaluate: archive features, text features, queries."""
-
-    dataset: str
-    model: str
-    images: Any  # ImageCollection of the archive (paths relative to images.root)
-    archive: Any  # ImageFeatures
-    texts: Any  # TextFeatures of every query text
-    queries: Any  # QuerySet bound to archive.paths
-    image_features_path: Path
-    text_features_path: Path
-    extracted: bool = False  # True when image features were computed in this call (not read from the cache)
-    seconds: float = 0.0
-
-    @property
-    def image_root(self) -> Path:
-        return Path(self.images.root)
-
-    def describe(self) -> dict[str, Any]:
-        t = self.queries.table
-        return {"dataset": self.dataset, "model": self.model, "archive_images": len(self.archive.paths),
-                "classes": len(set(self.images.labels)), "embed_dim": int(self.archive.feats.shape[1]),
-                "query_pairs": len(t), "query_images": int(t["query_path"].nunique()),
-                "texts": int(t["text"].nunique()), "attributes": sorted(t["attribute"].unique().tolist()),
-                "image_features": str(self.image_features_path), "text_features": str(self.text_features_path),
-                **{k: self.archive.meta.get(k) for k in ("setup", "activation", "precision", "weights_sha256")}}
+def load_benchmark(params: NotebookParams, encoder=None, progress: bool = True, resume: bool = True) -> BenchmarkData:
+    """The benchmark ``params.dataset`` (the registry of :mod:`rscir_kit.datasets`, data under
+    ``params.data_root``, fetched when the data allows) with its features cached in ``params.cache_dir``:
+    :func:`rscir_kit.pipeline.load_benchmark` with the notebook's parameters."""
+    benchmark = get_benchmark(params.dataset, data_root=params.data_root, kind="composed", download=True)
+    return pipeline.load_benchmark(benchmark, params.model, params.cache_dir, size=params.size, device=params.device,
+                                   batch_size=params.batch_size, setup=params.model_setup, encoder=encoder,
+                                   progress=progress, resume=resume)
 
 
-def archive_images(params: NotebookParams):
-    """The archive of ``params.dataset`` as an ImageCollection (``size`` images per class when set).
-
-    UCM-Com: ``<data_root>/ucm`` (UC Merced images, downloaded there when absent); PatternCom:
-    ``<data_root>/PatternNet/images/<class>/`` (PatternNet is on Google Drive: download it by hand)."""
-    from .imagesets import ImageCollection
-
-    if params.dataset == "ucmcom":
-        from .datasets.ucm import UCMImages
-
-        # First run on a machine with internet: the original UC Merced zip is fetched into <data_root>/ucm.
-        ucm = UCMImages(params.data_root / "ucm", download=True, strict=params.size is None)
-        return ImageCollection.from_folder(ucm.image_dir, limit_per_class=params.size)
-    from .datasets.patternnet import PatternNet
-
-    pn = PatternNet(params.data_root / "PatternNet")
-    return ImageCollection.from_dataset(pn, root=pn.root, limit_per_class=params.size)
-
-
-def benchmark_queries(params: NotebookParams, archive_paths):
-    """The QuerySet of ``params.dataset`` over ``archive_paths``; a size-limited run drops the queries whose
-    images are not in the reduced archive."""
-    missing = "error" if params.size is None else "drop"
-    if params.dataset == "ucmcom":
-        from .datasets.ucm import UCMMultiLabel
-        from .datasets.ucmcom import build_ucmcom
-
-        labels = UCMMultiLabel(params.data_root / "ucm", download=True)  # fetched when absent (internet)
-        return build_ucmcom(labels, archive_paths=archive_paths, missing=missing)
-    from .datasets.patterncom import PatternCom
-
-    for candidate in (params.data_root / "PatternCom", params.data_root / "PatternNet", params.data_root):
-        try:
-            bench = PatternCom(candidate)
-            break
-        except DataError:
-            continue
-    else:
-        raise DataError(f"PatternCom CSVs not found in {params.data_root}/PatternCom: download them from the official "
-                        "WeiCom repository (github.com/billpsomas/rscir, folder PatternCom) into that folder")
-    return bench.queries(archive_paths, missing=missing)
-
-
-def load_benchmark(params: NotebookParams, encoder=None, progress: bool = True, resume: bool = True) -> Benchmark:
-    """Archive image features, query texts' features and the QuerySet of ``params``, cached in
-    ``params.cache_dir``.
-
-    Cache files: ``<dataset>_<model>[_<setup>]_<file-list hash>.npz`` (images, resumable) and
-    ``<dataset>_<model>[_<setup>]_texts_<hash of the texts>.npz`` (no setup part for ``default``).  The model is
-    loaded (``encoder``, default ``load_encoder(params.model, setup=params.setup)``) only when something must be
-    computed; cached files made by another model or configuration are refused (ModelMismatchError)."""
-    import hashlib
-    import time
-
-    from .features import ImageFeatures, TextFeatures, encode_texts, extract_image_features
-
-    start = time.perf_counter()
-    images = archive_images(params)
-    slug = model_slug(params.model) + ("" if params.setup == "default" else f"_{params.setup}")
-    params.cache_dir.mkdir(parents=True, exist_ok=True)
-    img_path = params.cache_dir / f"{params.dataset}_{slug}_{images.fingerprint()[:12]}.npz"
-
-    def get_encoder():
-        nonlocal encoder
-        if encoder is None:
-            from .encoders import load_encoder
-
-            encoder = load_encoder(params.model, device=params.device, setup=params.setup)
-        return encoder
-
-    extracted = False
-    if img_path.is_file() and resume:
-        archive = ImageFeatures.load(img_path)
-        _check_cached_model(archive.meta, params.model, img_path, params.model_setup)
-    else:
-        archive = extract_image_features(images, get_encoder(), img_path, batch_size=params.batch_size,
-                                         resume=resume, progress=progress)
-        extracted = True
-    queries = benchmark_queries(params, archive.paths)
-    unique = list(dict.fromkeys(queries.table["text"].astype(str)))
-    digest = hashlib.sha256("\n".join(unique).encode("utf-8")).hexdigest()[:12]
-    txt_path = params.cache_dir / f"{params.dataset}_{slug}_texts_{digest}.npz"
-    texts = None
-    if txt_path.is_file() and resume:
-        texts = TextFeatures.load(txt_path)
-        _check_cached_model(texts.meta, params.model, txt_path, params.model_setup)
-        if texts.texts.tolist() != unique:
-            texts = None
-    if texts is None:
-        texts = encode_texts(unique, get_encoder(), out=txt_path, batch_size=max(params.batch_size, 64))
-    from .features import check_same_model
-
-    check_same_model(archive.meta, texts.meta, names=(str(img_path), str(txt_path)))
-    return Benchmark(params.dataset, params.model, images, archive, texts, queries.bind(archive.paths), img_path,
-                     txt_path, extracted, time.perf_counter() - start)
-
-
-def _check_cached_model(meta: dict, model: str, path: Path, setup=None) -> None:
-    from .errors import ModelMismatchError
-
-    recorded = (meta or {}).get("model")
-    if recorded and str(recorded) != str(model) and model_slug(recorded) != model_slug(model):
-        raise ModelMismatchError(f"{path} was made with model {recorded!r}, not {model!r}; delete it or use "
-                                 "another cache_dir")
-    if setup is not None:
-        for key in ("activation", "precision"):
-            want, got = getattr(setup, key), (meta or {}).get(key)
-            if want != "auto" and got not in (None, "n/a") and got != want:
-                raise ModelMismatchError(f"{path} was made with {key}={got}, not the {key}={want} of setup "
-                                         f"{setup.name!r}; delete it or use another cache_dir")
-
-
-def run_config(params: NotebookParams, bench: Benchmark) -> dict:
+def run_config(params: NotebookParams, bench: BenchmarkData) -> dict:
     """The configuration of a notebook's run (for :func:`rscir_kit.reference.compare_run` and the figures): the
     archive features' recorded configuration plus the numerics the evaluation uses."""
     return dict(bench.archive.meta, numerics=evaluate_options(params).get("numerics", "kit"))

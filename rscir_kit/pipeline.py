@@ -9,10 +9,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .datasets.captions import load_caption_set
-from .datasets.ucm import UCMCaptions, UCMImages, default_root
-from .errors import DataError
-from .features import extract_image_features
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .datasets import get_benchmark
+from .datasets.base import Benchmark
+from .encoders import load_encoder
+from .errors import ModelMismatchError
+from .features import ImageFeatures, TextFeatures, check_same_model, encode_texts, extract_image_features
 from .imagesets import ImageCollection
 
 
@@ -33,16 +39,10 @@ def caption_benchmark(data_root, encoder, cache_dir, captions=None, image_dir=No
     ``size``: keep at most ``size`` images per class (class = file stem without trailing digits/underscores).
     Returns ``(CaptionSet, ImageFeatures)``.
     """
-    data_root = Path(data_root)
-    if captions is None:
-        cs = UCMCaptions(data_root / "ucm").split(split)
-        ucm = UCMImages(data_root / "ucm")
-        root, paths = ucm.image_dir, ucm.path_of(cs.images).tolist()
-    else:
-        cs = load_caption_set(captions, image_dir=image_dir).split(split)
-        if cs.image_dir is None:
-            raise DataError(f"pass image_dir= (the folder of the images of {captions}).")
-        root, paths = Path(cs.image_dir), cs.images.tolist()
+    bench = (get_benchmark("ucm-captions", data_root=data_root) if captions is None
+             else get_benchmark("captions", root=captions, image_dir=image_dir))
+    cs = bench.queries(split)
+    root, paths = bench.image_files(cs)
     classes = [re.sub(r"[_\-\s]*\d+$", "", Path(p).stem) for p in paths]
     if size is not None:
         taken: dict = {}
@@ -63,9 +63,102 @@ def caption_benchmark(data_root, encoder, cache_dir, captions=None, image_dir=No
 
 
 def caption_image_files(caption_set, data_root=None, image_dir=None) -> list:
-    """Absolute image files of ``caption_set`` (UCM names via :class:`UCMImages`, else ``image_dir / key``)."""
+    """Absolute image files of ``caption_set`` (UCM names via the ``ucm-captions`` benchmark, else ``image_dir / key``)."""
     if image_dir is None and caption_set.image_dir is None:
-        ucm = UCMImages(default_root(None if data_root is None else Path(data_root) / "ucm"))
-        return [ucm.image_dir / p for p in ucm.path_of(caption_set.images)]
+        root, paths = get_benchmark("ucm-captions", data_root=data_root).image_files(caption_set)
+        return [root / p for p in paths]
     root = Path(image_dir or caption_set.image_dir)
     return [root / k for k in caption_set.images]
+
+
+# ------------------------------------------------------------------------------- composed benchmarks
+@dataclass
+class BenchmarkData:
+    """Everything the composed-retrieval notebooks evaluate: archive features, text features, queries."""
+
+    dataset: str
+    model: str
+    images: Any  # ImageCollection of the archive (paths relative to images.root)
+    archive: Any  # ImageFeatures
+    texts: Any  # TextFeatures of every query text
+    queries: Any  # QuerySet bound to archive.paths
+    image_features_path: Path
+    text_features_path: Path
+    extracted: bool = False  # True when image features were computed in this call (not read from the cache)
+    seconds: float = 0.0
+
+    @property
+    def image_root(self) -> Path:
+        return Path(self.images.root)
+
+    def describe(self) -> dict[str, Any]:
+        t = self.queries.table
+        return {"dataset": self.dataset, "model": self.model, "archive_images": len(self.archive.paths),
+                "classes": len(set(self.images.labels)), "embed_dim": int(self.archive.feats.shape[1]),
+                "query_pairs": len(t), "query_images": int(t["query_path"].nunique()),
+                "texts": int(t["text"].nunique()), "attributes": sorted(t["attribute"].unique().tolist()) if "attribute" in t else [],
+                "image_features": str(self.image_features_path), "text_features": str(self.text_features_path),
+                **{k: self.archive.meta.get(k) for k in ("setup", "activation", "precision", "weights_sha256")}}
+
+
+def load_benchmark(benchmark: Benchmark, model: str, cache_dir, size: int | None = None, device: str = "auto",
+                   batch_size: int = 64, setup=None, encoder=None, progress: bool = True,
+                   resume: bool = True) -> BenchmarkData:
+    """Archive image features, query texts' features and the QuerySet of ``benchmark``, cached in ``cache_dir``.
+
+    ``size``: at most that many archive images per class; queries whose images left the reduced archive are
+    dropped. ``setup``: a :class:`~rscir_kit.modelsetup.ModelSetup` (None = ``default``). Cache files:
+    ``<benchmark>_<model>[_<setup>]_<file-list hash>.npz`` (images, resumable) and
+    ``<benchmark>_<model>[_<setup>]_texts_<hash of the texts>.npz`` (no setup part for ``default``). The model is
+    loaded (``encoder``, default ``load_encoder(model, setup=...)``) only when something must be computed; cached
+    files made by another model or configuration are refused (ModelMismatchError)."""
+    start = time.perf_counter()
+    images = benchmark.archive(size)
+    setup_name = "default" if setup is None else setup.name
+    slug = model_slug(model) + ("" if setup_name == "default" else f"_{setup_name}")
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    img_path = cache_dir / f"{benchmark.name}_{slug}_{images.fingerprint()[:12]}.npz"
+
+    def get_encoder():
+        nonlocal encoder
+        if encoder is None:
+            encoder = load_encoder(model, device=device, setup=setup_name)
+        return encoder
+
+    extracted = False
+    if img_path.is_file() and resume:
+        archive = ImageFeatures.load(img_path)
+        _check_cached_model(archive.meta, model, img_path, setup)
+    else:
+        archive = extract_image_features(images, get_encoder(), img_path, batch_size=batch_size,
+                                         resume=resume, progress=progress)
+        extracted = True
+    queries = benchmark.queries(archive.paths, missing="error" if size is None else "drop")
+    unique = list(dict.fromkeys(queries.table["text"].astype(str)))
+    digest = hashlib.sha256("\n".join(unique).encode("utf-8")).hexdigest()[:12]
+    txt_path = cache_dir / f"{benchmark.name}_{slug}_texts_{digest}.npz"
+    texts = None
+    if txt_path.is_file() and resume:
+        texts = TextFeatures.load(txt_path)
+        _check_cached_model(texts.meta, model, txt_path, setup)
+        if texts.texts.tolist() != unique:
+            texts = None
+    if texts is None:
+        texts = encode_texts(unique, get_encoder(), out=txt_path, batch_size=max(batch_size, 64))
+    check_same_model(archive.meta, texts.meta, names=(str(img_path), str(txt_path)))
+    return BenchmarkData(benchmark.name, model, images, archive, texts, queries.bind(archive.paths), img_path,
+                         txt_path, extracted, time.perf_counter() - start)
+
+
+def _check_cached_model(meta: dict, model: str, path: Path, setup=None) -> None:
+    recorded = (meta or {}).get("model")
+    if recorded and str(recorded) != str(model) and model_slug(recorded) != model_slug(model):
+        raise ModelMismatchError(f"{path} was made with model {recorded!r}, not {model!r}; delete it or use "
+                                 "another cache_dir")
+    if setup is not None:
+        for key in ("activation", "precision"):
+            want, got = getattr(setup, key), (meta or {}).get(key)
+            if want != "auto" and got not in (None, "n/a") and got != want:
+                raise ModelMismatchError(f"{path} was made with {key}={got}, not the {key}={want} of setup "
+                                         f"{setup.name!r}; delete it or use another cache_dir")

@@ -44,6 +44,10 @@ LOCK = ".rscir-notebooks.lock"
 SLOW_CELL_S = 10.0  # without a terminal, cells slower than this get a line of their own
 
 
+#: error names that skip a notebook instead of failing the job (rscir_kit.errors.MissingDataError and subclasses)
+SKIP_ERRORS = ("MissingDataError", "DatasetNotFoundError")
+
+
 def default_notebook_dir() -> Path:
     root = nbutils.repo_root()
     if root is None:
@@ -565,7 +569,7 @@ def _run(paths, folder, out, common, kernel, timeout, say, live, force) -> dict:
                                     on_notebook_start=bar.on_notebook_start, on_cell_start=bar.on_cell_start)
             except pm.PapermillExecutionError as exc:
                 lacking = [m for k, m in missing.items() if k in needs[nb.stem]]
-                if exc.ename == "MissingDataError" or lacking:
+                if exc.ename in SKIP_ERRORS or lacking:
                     reason = (f"missing {', '.join(m.what for m in lacking)}" if lacking else exc.evalue)
                     bar.stop(f"SKIPPED ({reason}): {exc.ename}: {_first_line(exc.evalue)}")
                     entries[nb.stem] = dict(entry, status="skipped", reason=reason, error=f"{exc.ename}: {exc.evalue}",

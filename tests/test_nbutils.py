@@ -12,6 +12,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from rscir_kit import nbutils  # noqa: E402
+from rscir_kit.datasets import get_benchmark  # noqa: E402
 from rscir_kit.errors import DataError  # noqa: E402
 
 
@@ -142,5 +143,5 @@ def test_first_run_downloads_ucm_when_absent(env, monkeypatch):
 
     monkeypatch.setattr(ucm.UCMImages, "download", staticmethod(fake_download))
     p = nbutils.setup("01_x", size=2)
-    coll = nbutils.archive_images(p)
+    coll = get_benchmark(p.dataset, data_root=p.data_root, download=True).archive(p.size)
     assert calls == [env / "data" / "ucm"] and len(coll) == 42 and coll.paths[0] == "agricultural/agricultural00.tif"

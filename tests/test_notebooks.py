@@ -16,6 +16,7 @@ from scipy.stats import norm
 
 from rscir_kit.engine import evaluate
 from rscir_kit import nbutils, run_notebooks
+from rscir_kit.datasets import get_benchmark
 from rscir_kit.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,9 +164,7 @@ def _recomputed_baselines(executed):
     r1 = executed["results"]["01_extract_embeddings"]
     archive = ImageFeatures.load(r1["image_features"])
     texts = TextFeatures.load(r1["text_features"])
-    params = nbutils.NotebookParams("x", "ucmcom", Path(executed["data"]), executed["model"], Path("."), [0.5],
-                                    "cpu", Path("."), SIZE, 64)
-    qs = nbutils.benchmark_queries(params, archive.paths)
+    qs = get_benchmark("ucmcom", data_root=executed["data"]).queries(archive.paths, missing="drop")
     idx = {p: i for i, p in enumerate(archive.paths)}
     aps = {"image": {}, "text": {}}
     for i, row in qs.table.iterrows():

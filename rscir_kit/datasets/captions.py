@@ -20,8 +20,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import DataError
+from ..config import data_root as default_data_root
+from ..errors import DataError, DatasetNotFoundError, ParameterError
 from ..io import read_text
+from .base import CaptionBenchmark
 
 
 @dataclass
@@ -163,3 +165,43 @@ def load_caption_set(path: str | os.PathLike, name: str | None = None, image_dir
         return CaptionSet.from_karpathy(data, name=name or path.stem.replace("dataset_", ""), source=str(path),
                                         image_dir=image_dir)
     return CaptionSet.from_kit_json(data, name=name or path.stem, source=str(path), image_dir=image_dir)
+
+
+class CaptionFile(CaptionBenchmark):
+    """A caption set in a ``dataset_*.json`` (RSICD, RSITMD, Sydney-Captions, UCM-Captions...) as a benchmark.
+
+    ``root``: the JSON file, or a folder holding exactly one ``dataset_*.json``. ``image_dir``: the folder of
+    the images (default ``<json folder>/images`` when it exists).
+    """
+
+    name, title, url = "captions", "caption set", "https://github.com/201528014227051/RSICD_optimal"
+
+    def __init__(self, root=None, image_dir=None, download: bool = False):
+        root = Path(root).expanduser() if root is not None else self.default_root()
+        self.root = root
+        self.manual = ("download the caption set from its authors' page (RSICD/UCM/Sydney: "
+                       "github.com/201528014227051/RSICD_optimal; RSITMD: github.com/xiaoyuan1996/AMFMN) and pass the "
+                       "path of its dataset_*.json")
+        path = root
+        if root.is_dir():
+            found = sorted(root.glob("dataset_*.json"))
+            if len(found) > 1:
+                raise ParameterError(f"{root} holds several caption files ({', '.join(f.name for f in found)}); "
+                                     "pass the one to use")
+            path = found[0] if found else root / "dataset_*.json"
+        if not path.is_file():
+            raise DatasetNotFoundError(self, str(path), download=download)
+        self.path = path
+        self.caption_set = load_caption_set(path, image_dir=image_dir)
+
+    @classmethod
+    def default_root(cls, data_root=None) -> Path:
+        return Path(data_root or default_data_root())
+
+    def queries(self, split: str | Sequence[str] = "test") -> CaptionSet:
+        return self.caption_set.split(split)
+
+    def image_files(self, caption_set) -> tuple[Path, list[str]]:
+        if caption_set.image_dir is None:
+            raise ParameterError(f"pass image_dir= (the folder of the images of {self.path}).")
+        return Path(caption_set.image_dir), caption_set.images.tolist()

@@ -35,11 +35,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import DataError, MissingDataError
+from ..config import data_root as default_data_root
+from ..errors import DataError, DatasetNotFoundError, ParameterError
+from ..imagesets import ImageCollection
 from ..io import read_text
 from ..names import NameIndex
 from ..queries import QuerySet
-from .patternnet import PATTERNNET_CLASSES
+from .base import Benchmark
+from .patternnet import PATTERNNET_CLASSES, PatternNet
 
 ATTRIBUTES = ("color", "context", "density", "existence", "quantity", "shape")
 
@@ -81,7 +84,7 @@ def read_attribute_csv(path) -> pd.DataFrame:
     """
     path = Path(path)
     if not path.is_file():
-        raise MissingDataError(f"PatternCom file {path} not found; download PatternCom (see README) and pass its folder")
+        raise DataError(f"PatternCom file {path} not found; download PatternCom (see README) and pass its folder")
     known = set(PATTERNNET_CLASSES.values())
     rows = []
     with io.StringIO(read_text(path, "PatternCom CSV"), newline="") as fh:
@@ -161,23 +164,44 @@ def build_attribute_queries(rows: pd.DataFrame, attribute: str, archive: NameInd
     return table, sets
 
 
-class PatternCom:
-    """The PatternCom benchmark: a folder holding ``<attribute>.csv`` files (or ``PatternCom/<attribute>.csv``).
+class PatternCom(Benchmark):
+    """The PatternCom benchmark: ``root`` holds the ``<attribute>.csv`` files (or ``PatternCom/<attribute>.csv``);
+    the archive is PatternNet under ``images_root`` (default ``$RSCIR_DATA/PatternNet``).
 
-    >>> bench = PatternCom("~/data/PatternNet")              # doctest: +SKIP
+    >>> bench = PatternCom("~/data/PatternCom")             # doctest: +SKIP
     >>> queries = bench.queries(archive.paths)              # QuerySet over the archive
     """
 
-    def __init__(self, root):
-        root = Path(root).expanduser()
+    name, title, group_columns = "patterncom", "PatternCom", ("attribute", "query_class", "query_value")
+    url = "https://github.com/billpsomas/rscir"
+
+    def __init__(self, root=None, images_root=None, download: bool = False):
+        root = Path(root).expanduser() if root is not None else self.default_root()
+        self.root = root
+        self.images_root = Path(images_root).expanduser() if images_root is not None else None
+        self.manual = (f"download the PatternCom folder of the official WeiCom repository ({self.url}) into "
+                       f"{root} (one <attribute>.csv per attribute)")
         for candidate in (root, root / "PatternCom", root / "patterncom"):
             if any((candidate / f"{a}.csv").is_file() for a in ATTRIBUTES):
                 self.root = candidate
                 break
         else:
-            raise MissingDataError(f"no PatternCom CSVs ({', '.join(a + '.csv' for a in ATTRIBUTES)}) in {root} or "
-                            f"{root / 'PatternCom'}; download PatternCom from the official WeiCom repository "
-                            "(github.com/billpsomas/rscir) and pass its folder")
+            raise DatasetNotFoundError(self, f"PatternCom CSVs ({', '.join(a + '.csv' for a in ATTRIBUTES)}) in {root} or "
+                                             f"{root / 'PatternCom'}", download=download)
+
+    @classmethod
+    def default_root(cls, data_root=None) -> Path:
+        """The first of ``<data_root>/PatternCom``, ``<data_root>/PatternNet/PatternCom``, ``<data_root>/PatternNet``,
+        ``<data_root>`` that holds the CSVs (``<data_root>/PatternCom`` when none does)."""
+        base = Path(data_root or default_data_root())
+        candidates = (base / "PatternCom", base / "PatternNet" / "PatternCom", base / "PatternNet", base)
+        return next((c for c in candidates if any((c / f"{a}.csv").is_file() for a in ATTRIBUTES)), candidates[0])
+
+    def archive(self, size: int | None = None) -> ImageCollection:
+        """PatternNet images (``size`` per class when set) under ``images_root``, else
+        ``$RSCIR_DATA/PatternNet``."""
+        pn = PatternNet(self.images_root or default_data_root() / "PatternNet")
+        return ImageCollection.from_dataset(pn, root=pn.root, limit_per_class=size)
 
     @property
     def attributes(self) -> list[str]:
@@ -188,12 +212,18 @@ class PatternCom:
             raise DataError(f"unknown attribute {attribute!r}; PatternCom has {', '.join(ATTRIBUTES)}")
         return read_attribute_csv(self.root / f"{attribute}.csv")
 
-    def queries(self, archive_paths, attributes=None, missing: str = "error") -> QuerySet:
-        """All (query, prompt) pairs of ``attributes`` as a QuerySet over ``archive_paths`` (N,).
+    def queries(self, archive_paths, missing: str = "error", query_paths=None, attributes=None) -> QuerySet:
+        """All (query, prompt) pairs of ``attributes`` (default: every CSV present) as a QuerySet over
+        ``archive_paths`` (N,).
 
         ``missing='error'`` (default) raises on a query image absent from the archive; ``'drop'``
-        leaves such rows out (their images still count as relevant only if present).
+        leaves such rows out (their images still count as relevant only if present). The query images are
+        archive images (``query_paths`` must be None).
         """
+        if query_paths is not None:
+            raise ParameterError("PatternCom queries are archive images: do not pass separate query features")
+        if missing not in ("error", "drop"):
+            raise ParameterError(f"missing must be 'error' or 'drop', got {missing!r}")
         archive_paths = np.asarray(archive_paths).astype(str)
         archive = NameIndex(archive_paths, by="basename", what="archive")
         tables, all_sets = [], []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import DataError, MissingDataError
+from ..errors import DataError, DatasetNotFoundError
 from ..imagesets import IMAGE_EXTENSIONS
 
 #: class folder → the class prefix of its file names (``wastewater_treatment_plant`` → ``wastewaterplant``).
@@ -35,14 +35,15 @@ class PatternNet:
     ``root`` holds ``images/<class_dir>/*.jpg`` (or the class folders directly).
     """
 
-    url = "https://sites.google.com/view/zhouwx/dataset"
+    title, url, downloadable = "PatternNet images", "https://sites.google.com/view/zhouwx/dataset", False
 
     def __init__(self, root):
         root = Path(root).expanduser()
         self.root = root / "images" if (root / "images").is_dir() else root
+        self.manual = (f"it is hosted on Google Drive: download PatternNet.zip from {self.url}, unzip it and pass "
+                       "the PatternNet folder")
         if not self.root.is_dir() or not any((self.root / c).is_dir() for c in PATTERNNET_CLASSES):
-            raise MissingDataError(f"PatternNet images not found under {root} (expected images/<class>/...jpg); "
-                            f"download PatternNet.zip from {self.url}, unzip it and pass the PatternNet folder")
+            raise DatasetNotFoundError(self, "images/<class>/*.jpg")
         self.image_paths, self.labels = [], []
         for cls in sorted(PATTERNNET_CLASSES):
             folder = self.root / cls

@@ -22,11 +22,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..errors import DataError, MissingDataError
+from ..config import data_root
+from ..errors import DataError, DatasetNotFoundError
 from ..imagesets import IMAGE_EXTENSIONS
-from ..io import download_file  # noqa: F401  (re-exported: datasets.ucm.download_file)
-from ..io import read_text
+from ..io import download_file, read_text
 from ..names import match_names, name_key
+from .base import CaptionBenchmark
+from .captions import CaptionSet
 
 UCM_CLASSES = (
     "agricultural", "airplane", "baseballdiamond", "beach", "buildings", "chaparral",
@@ -63,8 +65,6 @@ def default_root(root: str | os.PathLike | None = None) -> Path:
     """``root`` or ``$RSCIR_DATA/ucm``."""
     if root is not None:
         return Path(root).expanduser()
-    from ..config import data_root
-
     return data_root() / "ucm"
 
 
@@ -95,15 +95,15 @@ class UCMImages:
     """
 
     LAYOUTS = ("images", "UCMerced_LandUse/Images", "Images")
+    title, url, downloadable = "UC Merced images", UCM_IMAGES_URL, True
 
     def __init__(self, root: str | os.PathLike | None = None, download: bool = False, strict: bool = True):
         self.root = default_root(root)
+        self.manual = f"download {UCM_IMAGES_URL} by hand and unzip it into {self.root}"
         image_dir = self._find()
         if image_dir is None:
             if not download:
-                raise DataError(
-                    f"UC Merced images not found under {self.root} (looked for {', '.join(self.LAYOUTS)}). "
-                    f"Pass download=True, or download {UCM_IMAGES_URL} and unzip it into {self.root}.")
+                raise DatasetNotFoundError(self, ", ".join(self.LAYOUTS))
             image_dir = self.download(self.root)
         self.image_dir = image_dir
         paths = sorted(p.relative_to(image_dir).as_posix() for p in image_dir.glob("*/*")
@@ -162,17 +162,18 @@ class UCMMultiLabel:
     """
 
     FILENAMES = ("multilabels.tsv", "LandUse_Multilabeled.txt", "multilabels/LandUse_Multilabeled.txt")
+    title, url, downloadable = "UCM multi-label annotation", UCM_MULTILABEL_URL, True
 
     def __init__(self, root: str | os.PathLike | None = None, download: bool = False, path=None):
+        self.root = default_root(root)
+        self.manual = (f"download {UCM_MULTILABEL_URL} by hand, unzip it and copy LandUse_Multilabeled.txt to "
+                       f"{self.root / 'multilabels.tsv'}")
         if path is None:
-            root_dir = default_root(root)
+            root_dir = self.root
             path = next((root_dir / f for f in self.FILENAMES if (root_dir / f).is_file()), None)
             if path is None:
                 if not download:
-                    raise DataError(f"UCM multi-label file not found under {root_dir} (looked for "
-                                    f"{', '.join(self.FILENAMES)}). Pass download=True, or download "
-                                    f"{UCM_MULTILABEL_URL}, unzip it and copy LandUse_Multilabeled.txt to "
-                                    f"{root_dir / 'multilabels.tsv'}.")
+                    raise DatasetNotFoundError(self, ", ".join(self.FILENAMES))
                 path = self.download(root_dir)
         self.path = Path(path)
         self.names, self.labels, self.matrix = self.read(self.path)
@@ -270,7 +271,7 @@ def ucm_name_from_number(number: int) -> str:
     return f"{UCM_CLASSES[k // IMAGES_PER_CLASS]}{k % IMAGES_PER_CLASS:02d}"
 
 
-class UCMCaptions:
+class UCMCaptions(CaptionBenchmark):
     """UCM-Captions as a :class:`~rscir_kit.datasets.captions.CaptionSet` keyed by UCM image names.
 
     Files (first found): ``root/captions.json`` (this kit's: ``{"images": [{"image", "split",
@@ -280,19 +281,16 @@ class UCMCaptions:
     """
 
     FILENAMES = ("captions.json", "dataset.json", "UCM_captions/dataset.json", "dataset_ucm.json")
+    name, title, url, downloadable = "ucm-captions", "UCM-Captions", UCM_CAPTIONS_HOME, False
 
     def __init__(self, root: str | os.PathLike | None = None, download: bool = False, path=None):
-        from .captions import CaptionSet
-
-        root_dir = default_root(root)
+        root_dir = self.root = default_root(root)
+        self.manual = (f"it is distributed through cloud drives only: follow the UCM-Captions link at "
+                       f"{UCM_CAPTIONS_HOME}, unpack it and copy its dataset.json to {root_dir / 'dataset.json'}")
         if path is None:
             path = next((root_dir / f for f in self.FILENAMES if (root_dir / f).is_file()), None)
             if path is None:
-                raise MissingDataError(
-                    f"UCM-Captions not found under {root_dir} (looked for {', '.join(self.FILENAMES)}). It is "
-                    f"distributed through cloud drives only, so it cannot be downloaded automatically: follow the "
-                    f"UCM-Captions link at {UCM_CAPTIONS_HOME}, unpack it and copy its dataset.json to "
-                    f"{root_dir / 'dataset.json'}" + (" (download=True cannot do this step)." if download else "."))
+                raise DatasetNotFoundError(self, ", ".join(self.FILENAMES), download=download)
         self.path = Path(path)
         data = json.loads(read_text(self.path, "caption JSON"))
         if data.get("images") and "filename" in data["images"][0]:
@@ -303,5 +301,18 @@ class UCMCaptions:
             cs = CaptionSet.from_kit_json(data, name="ucm-captions", source=str(self.path))
         self.captions = cs
 
+    @classmethod
+    def default_root(cls, data_root=None) -> Path:
+        return default_root(None if data_root is None else Path(data_root) / "ucm")
+
     def split(self, split: str | Sequence[str]):
         return self.captions.split(split)
+
+    def queries(self, split: str | Sequence[str] = "test"):
+        """The CaptionSet of ``split``."""
+        return self.split(split)
+
+    def image_files(self, caption_set) -> tuple[Path, list[str]]:
+        """``(UC Merced image folder, relative paths)`` of the images of ``caption_set`` (matched by name)."""
+        ucm = UCMImages(self.root)
+        return ucm.image_dir, ucm.path_of(caption_set.images).tolist()

@@ -26,11 +26,13 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import DataError
+from ..errors import DataError, ParameterError
+from ..imagesets import ImageCollection
 from ..io import atomic_path, read_text
 from ..names import NameIndex, name_key
 from ..queries import QuerySet
-from .ucm import UCMMultiLabel
+from .base import Benchmark
+from .ucm import UCMImages, UCMMultiLabel, default_root
 
 # name -> (add template, remove template); "{label}" is replaced by the label text (hyphen → space).
 TEMPLATES = {
@@ -206,3 +208,40 @@ def load_ucmcom(archive_paths: Sequence[str], path: str | os.PathLike = PUBLISHE
     groups = load_groups(path)
     return queryset_from_groups(groups, archive_paths, template, remove_template, missing,
                                 meta={"source": str(path)})
+
+
+class UCMCom(Benchmark):
+    """UCM-Com as a benchmark: UC Merced images under ``root`` (default ``$RSCIR_DATA/ucm``) and the queries.
+
+    ``queries_file``: None → built from the multi-label annotation in ``root`` (fetched with ``download=True``);
+    ``"published"`` → the query set shipped with the kit (:data:`PUBLISHED_CSV`); else a group CSV written by
+    :func:`save_groups`. ``template``: a preset (:data:`TEMPLATES`), a pair, or an add template with ``{label}``.
+    """
+
+    name, title, group_columns = "ucmcom", "UCM-Com", ("attribute", "direction", "query_class")
+    downloadable, url = True, "http://weegee.vision.ucmerced.edu/datasets/landuse.html"
+
+    def __init__(self, root=None, download: bool = False, queries_file=None, template="with {label}",
+                 remove_template: str | None = None, min_count: int = 5):
+        self.root = default_root(root)
+        self.download = download
+        self.queries_file = PUBLISHED_CSV if queries_file == "published" else queries_file
+        self.template, self.remove_template, self.min_count = template, remove_template, min_count
+        resolve_template(template, remove_template)  # a bad template fails here, before any data is read
+
+    @classmethod
+    def default_root(cls, data_root=None) -> Path:
+        return default_root(None if data_root is None else Path(data_root) / "ucm")
+
+    def archive(self, size: int | None = None) -> ImageCollection:
+        """The 2,100 UC Merced images (``size`` per class when set; then the 21 × 100 check is relaxed)."""
+        ucm = UCMImages(self.root, download=self.download, strict=size is None)
+        return ImageCollection.from_folder(ucm.image_dir, limit_per_class=size)
+
+    def queries(self, archive_paths, missing: str = "error", query_paths=None) -> QuerySet:
+        if query_paths is not None:
+            raise ParameterError("UCM-Com queries are archive images: do not pass separate query features")
+        if self.queries_file is not None:
+            return load_ucmcom(archive_paths, self.queries_file, self.template, self.remove_template, missing)
+        labels = UCMMultiLabel(self.root, download=self.download)
+        return build_ucmcom(labels, archive_paths, self.template, self.min_count, self.remove_template, missing)
