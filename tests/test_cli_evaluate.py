@@ -52,9 +52,10 @@ def test_evaluate_rejects_bad_lambda_and_missing_files(files, capsys):
     root, _, _, pc_dir = files
     args = ["evaluate", "patterncom", "--features", str(root / "feats.npz"), "--text-features", str(root / "text.npz"),
             "--patterncom-dir", str(pc_dir), "--methods", "weicom", "--quiet"]
-    # a bad λ is a ParameterError (RscirError): one line on stderr, exit code 2, no traceback
+    # before: a raw ValueError traceback (after loading everything); now one line and exit code 2
     assert main(args + ["--lambdas", "1.5"]) == 2
-    assert "λ must lie in" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "λ must lie in" in err and len(err.strip().splitlines()) == 1
     assert main(args[:3] + [str(root / "nope.npz")] + args[4:]) == 2
     assert "nope.npz" in capsys.readouterr().err
 

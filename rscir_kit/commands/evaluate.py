@@ -1,12 +1,20 @@
-"""``evaluate`` sub-commands: PatternCom, xView2-CIR, or any saved query-set file → mAP table (CSV + print)."""
+"""``evaluate <benchmark>``: one sub-command per composed benchmark of the registry (:mod:`rscir_kit.datasets`),
+plus ``evaluate queries`` for any saved query-set file → mAP table (CSV + print).
+
+Every parameter is checked (methods, λ, benchmark options and files, output paths, device) before any
+feature file or model is loaded. Heavy modules are imported only when the command runs.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 from .. import config
-from ..errors import DataError
+from ..datasets import REGISTRY, benchmark_names, get_benchmark
+from ..errors import DataError, ParameterError
 from .setup_args import add_setup_args, setup_kwargs
 
 DEFAULT_METHODS = ["image", "text", "average", "weicom"]
@@ -58,6 +66,37 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+# benchmark-specific options: name -> (add them to the sub-command's parser, the benchmark's constructor kwargs)
+def _patterncom_options(p) -> None:
+    p.add_argument("--patterncom-dir", required=True, metavar="DIR", help="folder with <attribute>.csv files")
+    p.add_argument("--attributes", nargs="+", default=None,
+                   help="subset of color context density existence quantity shape (default: all present)")
+    p.add_argument("--official-csv", metavar="DIR", default=None,
+                   help="also write the official evaluate.py layout: one <dataset>_metrics_<model>_lambda<λ>_"
+                        "<attribute>.csv per λ and attribute (Method,R@k…,P@k…,AP; per-pair values rounded to "
+                        "--ap-decimals, default 2, as the official code)")
+
+
+def _xview2_options(p) -> None:
+    p.add_argument("--list", required=True, metavar="CSV", help="xview2_cir.csv of the official release")
+    p.add_argument("--text-columns", nargs="+", default=["query_default"],
+                   choices=["query_default", "query_alt1", "query_alt2"])
+
+
+def _ucmcom_options(p) -> None:
+    p.add_argument("--queries-file", default=None, metavar="CSV",
+                   help="UCM-Com group file (default: the published UCM-Com set shipped with the kit)")
+    p.add_argument("--template", default="with",
+                   help="text template: a preset (label, with, aerial) or a format string with {label}")
+
+
+BENCHMARK_OPTIONS = {
+    "patterncom": (_patterncom_options, lambda a: {"root": a.patterncom_dir}),
+    "xview2": (_xview2_options, lambda a: {"list_file": a.list, "text_columns": a.text_columns}),
+    "ucmcom": (_ucmcom_options, lambda a: {"queries_file": a.queries_file or "published", "template": a.template}),
+}
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="evaluate composed retrieval methods on a benchmark",
                               description="Evaluate image/text/average/WeiCom (any λ) on a benchmark; prints the mAP and "
@@ -65,34 +104,17 @@ def register(subparsers) -> None:
                                           "the configuration columns (model, setup, activation, precision, numerics, "
                                           "weights_sha256).")
     bench = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
-
-    pc = bench.add_parser("patterncom", help="PatternCom on PatternNet (official protocol)")
-    _common(pc)
-    pc.add_argument("--patterncom-dir", required=True, metavar="DIR", help="folder with <attribute>.csv files")
-    pc.add_argument("--attributes", nargs="+", default=None,
-                    help="subset of color context density existence quantity shape (default: all present)")
-    pc.add_argument("--official-csv", metavar="DIR", default=None,
-                    help="also write the official evaluate.py layout: one <dataset>_metrics_<model>_lambda<λ>_"
-                         "<attribute>.csv per λ and attribute (Method,R@k…,P@k…,AP; per-pair values rounded to "
-                         "--ap-decimals, default 2, as the official code)")
-    pc.set_defaults(func=run_patterncom, by="attribute")
-
-    xv = bench.add_parser("xview2", help="xView2-CIR: pre-disaster image + text → post-disaster image")
-    _common(xv)
-    xv.add_argument("--list", required=True, metavar="CSV", help="xview2_cir.csv of the official release")
-    xv.add_argument("--text-columns", nargs="+", default=["query_default"],
-                    choices=["query_default", "query_alt1", "query_alt2"])
-    xv.set_defaults(func=run_xview2, by="text_column")
-
-    uc = bench.add_parser("ucmcom", help="UCM-Com composed queries on UC Merced (the offline benchmark)")
-    _common(uc)
-    uc.add_argument("--queries-file", default=None, metavar="CSV",
-                    help="UCM-Com group file (default: the published UCM-Com set shipped with the kit)")
-    uc.add_argument("--template", default="with",
-                    help="text template: a preset (label, with, aerial) or a format string with {label}")
-    uc.add_argument("--by", default="attribute", choices=["attribute", "direction", "query_class"],
-                    help="table rows: per label (attribute), per direction (add/remove) or per query class")
-    uc.set_defaults(func=run_ucmcom)
+    for name in benchmark_names("composed"):
+        sp = bench.add_parser(name, help=REGISTRY[name][3])
+        _common(sp)
+        add_options, _ = BENCHMARK_OPTIONS.get(name, (None, None))
+        if add_options is None:
+            sp.add_argument("--root", default=None, metavar="DIR", help="the benchmark's folder (default: under $RSCIR_DATA)")
+        else:
+            add_options(sp)
+        sp.add_argument("--by", default=None,
+                        help="table rows: a grouping column of the benchmark (default: its first, e.g. attribute)")
+        sp.set_defaults(func=run_benchmark)
 
     qf = bench.add_parser("queries", help="any query-set file written by rscir-kit (QuerySet.to_csv)")
     _common(qf)
@@ -101,18 +123,44 @@ def register(subparsers) -> None:
     qf.set_defaults(func=run_queries)
 
 
-def _load(args):
-    """(archive, query features, texts): texts are TextFeatures or an encoder built with the archive's stored model
-    and configuration (flags override them). Sets ``args.numerics`` to the numerics to evaluate with."""
-    from ..encoders import load_encoder
-    from ..features import ImageFeatures, TextFeatures
-    from ..io import check_output_path
-    from ..modelsetup import setup_for
+@dataclass
+class Loaded:
+    """What ``evaluate`` loaded: the archive, the query-image features (or None), the texts (TextFeatures or an
+    encoder), and the numerics / setup name the evaluation uses."""
 
+    archive: object
+    query_features: object
+    texts: object
+    numerics: str
+    setup_name: str
+
+
+def check_parameters(args) -> None:
+    """Every parameter error of ``evaluate`` as a ParameterError/DataError, before anything is loaded."""
+    from ..engine import _combos
+    from ..io import check_output_path
+
+    try:
+        _combos(args.methods, args.lambdas)
+    except ValueError as exc:  # methods/λ errors (ParameterError once methods.py raises it)
+        raise ParameterError(f"{exc}") from None
     for opt in ("out", "per_pair_out"):  # wrong outputs fail now, not after the evaluation
         if getattr(args, opt, None):
             check_output_path(getattr(args, opt), "file", "--" + opt.replace("_", "-"))
     config.resolve_device(args.device or config.default_device())
+    for opt in ("features", "query_features", "text_features"):
+        path = getattr(args, opt, None)
+        if path and not Path(path).is_file():
+            raise DataError(f"--{opt.replace('_', '-')} {path}: no such file")
+
+
+def _load(args) -> Loaded:
+    """Texts are TextFeatures or an encoder built with the archive's stored model and configuration (flags override
+    them)."""
+    from ..encoders import load_encoder
+    from ..features import ImageFeatures, TextFeatures
+    from ..modelsetup import setup_for
+
     archive = ImageFeatures.load(args.features)
     query_features = ImageFeatures.load(args.query_features) if args.query_features else None
     flags = setup_kwargs(args)
@@ -128,9 +176,7 @@ def _load(args):
             raise DataError(f"{args.features} records no model; pass --model or --text-features")
         chosen = setup_for(archive.meta, **flags)
         texts = load_encoder(model, device=device, setup=chosen)
-    args.numerics = chosen.numerics
-    args.setup_name = chosen.name
-    return archive, query_features, texts
+    return Loaded(archive, query_features, texts, chosen.numerics, chosen.name)
 
 
 def _pickle_text_encoder(args, archive, flags, device):
@@ -199,21 +245,21 @@ def results_table(per_pair, by: str, ks=(), config_meta: dict | None = None):
     return table
 
 
-def _run(args, queries, by) -> int:
+def _run(args, queries, by, loaded: Loaded) -> int:
     from ..engine import evaluate, summarize, wide_table
     from ..io import atomic_path
 
-    archive, query_features, texts = args._loaded
+    archive, query_features, texts = loaded.archive, loaded.query_features, loaded.texts
     ks = list(args.ks or [])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         per_pair = evaluate(queries, archive, texts, methods=args.methods, lambdas=args.lambdas,
                             query_features=query_features, device=args.device or config.default_device(),
                             on_empty=args.on_empty, progress=not args.quiet, ks=ks,
-                            **_engine_options(evaluate, args.numerics, args.ap_decimals))
+                            **_engine_options(evaluate, loaded.numerics, args.ap_decimals))
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
-    meta = dict(archive.meta, setup=args.setup_name, numerics=args.numerics)
+    meta = dict(archive.meta, setup=loaded.setup_name, numerics=loaded.numerics)
     summary = summarize(per_pair, by=by)
     table = results_table(per_pair, by, ks, meta)
     n_empty = per_pair.attrs.get("n_empty", 0)
@@ -267,44 +313,33 @@ def _print_reference(meta: dict, summary) -> None:
     print(cmp.describe())
 
 
-def run_patterncom(args) -> int:
-    from ..datasets.patterncom import PatternCom
-
-    args._loaded = _load(args)
-    queries = PatternCom(args.patterncom_dir).queries(args._loaded[0].paths, attributes=args.attributes)
-    return _run(args, queries, "attribute")
-
-
-def run_xview2(args) -> int:
-    from ..datasets.xview2 import xview2_queries
-
-    args._loaded = _load(args)
-    archive, query_features, _ = args._loaded
-    queries = xview2_queries(args.list, archive.paths,
-                             query_paths=None if query_features is None else query_features.paths,
-                             text_columns=args.text_columns)
-    return _run(args, queries, "text_column")
-
-
-def run_ucmcom(args) -> int:
-    from ..datasets.ucmcom import PUBLISHED_CSV, load_ucmcom
-
-    args._loaded = _load(args)
-    queries = load_ucmcom(args._loaded[0].paths, path=args.queries_file or PUBLISHED_CSV, template=args.template)
-    return _run(args, queries, args.by)
+def run_benchmark(args) -> int:
+    """``evaluate <benchmark>``: parameters and the benchmark's files checked, then features loaded, queries built."""
+    check_parameters(args)
+    _, options = BENCHMARK_OPTIONS.get(args.benchmark, (None, lambda a: {"root": a.root}))
+    benchmark = get_benchmark(args.benchmark, kind="composed", **options(args))
+    by = args.by or benchmark.group_columns[0]
+    if by not in benchmark.group_columns:
+        raise ParameterError(f"--by {by!r}: {benchmark.title} groups by {', '.join(benchmark.group_columns)}")
+    loaded = _load(args)
+    extra = {"attributes": args.attributes} if args.benchmark == "patterncom" else {}
+    if args.benchmark == "xview2" and loaded.query_features is not None:
+        extra["query_paths"] = loaded.query_features.paths
+    queries = benchmark.queries(loaded.archive.paths, **extra)
+    return _run(args, queries, by, loaded)
 
 
 def run_queries(args) -> int:
     from ..queries import QuerySet
 
-    args._loaded = _load(args)
-    queries = QuerySet.read_csv(args.queries, args._loaded[0].paths)
+    check_parameters(args)
+    if not Path(args.queries).is_file():
+        raise DataError(f"--queries {args.queries}: no such file")
+    loaded = _load(args)
+    queries = QuerySet.read_csv(args.queries, loaded.archive.paths)
     by = args.by or (queries.group_columns[0] if queries.group_columns else None)
     if by is not None and by not in queries.table.columns:
         raise DataError(f"--by {by!r} is not a column of {args.queries} (columns: {list(queries.table.columns)})")
-    return _run(args, queries, by or "attribute") if by else _run_flat(args, queries)
-
-
-def _run_flat(args, queries) -> int:
-    queries.table["attribute"] = "all"
-    return _run(args, queries, "attribute")
+    if by is None:
+        queries.table["attribute"] = "all"
+    return _run(args, queries, by or "attribute", loaded)
