@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from . import reference
+from .errors import DataError
 from .engine import wide_table
 from .methods import method_label  # noqa: F401  (the one label; re-exported for the notebooks)
 
@@ -96,7 +97,7 @@ def best_lambda(ablation: pd.DataFrame, column: str = AVG) -> float:
     """λ with the highest mAP in ``column`` (ties → the smallest λ)."""
     series = ablation[column].astype(float)
     if series.isna().all():
-        raise ValueError(f"no values in column {column!r}")
+        raise DataError(f"no values in column {column!r}")
     best = series.max()
     return float(series.index[np.flatnonzero(np.isclose(series.to_numpy(), best, rtol=0, atol=1e-12))[0]])
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
@@ -23,8 +24,15 @@ COMMAND_MODULES = [
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the kit's error policy: a usage error is one line (``<prog>: error: ...``) and exit code 2."""
+
+    def error(self, message):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="rscir-kit",
         description="Remote sensing composed image retrieval toolkit (WeiCom, PatternCom, UCM benchmarks).",
     )
@@ -54,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     except RscirError as exc:
         print(f"rscir-kit {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (``rscir-kit index info | head``): stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"rscir-kit {args.command}: interrupted; finished work is kept, run the same command again to resume.",
               file=sys.stderr)

@@ -24,6 +24,8 @@ from numba import njit
 from numba.core import types as nb_types
 from numba.extending import intrinsic
 
+from .errors import DataError, ParameterError
+
 # ----------------------------------------------------------------------------- reference (1-D)
 
 
@@ -36,7 +38,7 @@ def average_precision(scores, relevant) -> float:
     """AP of one query. ``scores`` (N,) float, ``relevant`` (N,) bool. NaN if nothing is relevant."""
     rel = np.asarray(relevant, dtype=bool)
     if rel.shape != np.shape(scores):
-        raise ValueError(f"scores {np.shape(scores)} and relevant {rel.shape} differ in shape")
+        raise DataError(f"scores {np.shape(scores)} and relevant {rel.shape} differ in shape")
     n_rel = int(rel.sum())
     if n_rel == 0:
         return float("nan")
@@ -48,7 +50,7 @@ def average_precision(scores, relevant) -> float:
 def precision_at_k(scores, relevant, k: int) -> float:
     """Fraction of the top-k that is relevant (k > 0)."""
     if k <= 0:
-        raise ValueError(f"k must be positive, got {k}")
+        raise ParameterError(f"k must be positive, got {k}")
     rel = np.asarray(relevant, dtype=bool)
     return float(rel[_ranking(scores)[:k]].sum() / k)
 
@@ -56,7 +58,7 @@ def precision_at_k(scores, relevant, k: int) -> float:
 def recall_at_k(scores, relevant, k: int) -> float:
     """Fraction of the relevant items found in the top-k; NaN if nothing is relevant."""
     if k <= 0:
-        raise ValueError(f"k must be positive, got {k}")
+        raise ParameterError(f"k must be positive, got {k}")
     rel = np.asarray(relevant, dtype=bool)
     n_rel = rel.sum()
     if n_rel == 0:

@@ -288,7 +288,7 @@ class Recorder:
 
 def _check_name(name: str) -> None:
     if not name or any(c in name for c in "/\\:") or name.startswith("."):
-        raise ValueError(f"output names are plain file stems (no folders or dots first), got {name!r}")
+        raise ParameterError(f"output names are plain file stems (no folders or dots first), got {name!r}")
 
 
 def list_outputs(output_root) -> dict[str, dict[str, list[str]]]:

@@ -40,18 +40,18 @@ class QuerySet:
     def __post_init__(self):
         missing = [c for c in REQUIRED_COLUMNS if c not in self.table.columns]
         if missing:
-            raise ValueError(f"query table lacks column(s) {missing}; it needs {list(REQUIRED_COLUMNS)}")
+            raise DataError(f"query table lacks column(s) {missing}; it needs {list(REQUIRED_COLUMNS)}")
         self.table = self.table.reset_index(drop=True)
         self.table["positive_id"] = self.table["positive_id"].astype(np.int64)  # object dtype after empty concats
         self.archive_paths = np.asarray(self.archive_paths).astype(str)
         self.positive_sets = [np.unique(np.asarray(p, dtype=np.int64)) for p in self.positive_sets]
         ids = self.table["positive_id"].to_numpy()
         if len(ids) and (ids.min() < 0 or ids.max() >= len(self.positive_sets)):
-            raise ValueError("positive_id out of range of positive_sets")
+            raise DataError("positive_id out of range of positive_sets")
         n = len(self.archive_paths)
         for k, p in enumerate(self.positive_sets):
             if len(p) and (p[0] < 0 or p[-1] >= n):
-                raise ValueError(f"positive set {k} has archive indices outside [0, {n})")
+                raise DataError(f"positive set {k} has archive indices outside [0, {n})")
         if not self.checked:
             self.checked = True
             self._warn_quality()
@@ -105,8 +105,13 @@ class QuerySet:
         if missing:
             raise DataError(f"{len(missing)} positive image(s) of query set {self.name!r} are not in the archive, "
                             f"e.g. {missing[:3]}; extract features for the whole benchmark archive")
-        sets = [np.array([lookup[str(self.archive_paths[j])] for j in p], dtype=np.int64) for p in self.positive_sets]
-        return QuerySet(self.name, self.table.copy(), sets, archive_paths, dict(self.meta), checked=True)
+        # only the sets the table uses are re-expressed (a subset may leave sets whose images are not in the new
+        # archive); positive ids are renumbered to the kept sets
+        renumber = {k: i for i, k in enumerate(used)}
+        sets = [np.sort(np.array([lookup[str(self.archive_paths[j])] for j in self.positive_sets[k]], dtype=np.int64))
+                for k in used]
+        table = self.table.assign(positive_id=self.table["positive_id"].map(renumber).astype(np.int64))
+        return QuerySet(self.name, table, sets, archive_paths, dict(self.meta), checked=True)
 
     def summary(self, by=None) -> pd.DataFrame:
         """Pairs, distinct query images, distinct texts, and positives per group (a table)."""
@@ -142,11 +147,12 @@ class QuerySet:
         archive_paths = np.asarray(archive_paths).astype(str)
         lookup = {p: i for i, p in enumerate(archive_paths)}
         keys, sets, ids = {}, [], []
+        first_line = 3 if header else 2  # file line of the first data row (after the comment and the CSV header)
         for row, cell in enumerate(df["positives"].astype(str)):
             names = [p for p in cell.split(";") if p]
             unknown = [p for p in names if p not in lookup]
             if unknown:
-                raise DataError(f"{path}, row {row + 2}: positive image(s) {unknown[:3]} not in the archive; "
+                raise DataError(f"{path}, line {row + first_line}: positive image(s) {unknown[:3]} not in the archive; "
                                 "extract features for the images this query set was built on")
             key = tuple(sorted(lookup[p] for p in names))
             if key not in keys:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__, config, nbutils
+from .commands import positive_int
 from .errors import DataError, MissingDataError
 
 NOTEBOOK_RE = re.compile(r"^\d\d_.+\.ipynb$")
@@ -835,7 +836,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--only", nargs="+", default=None, metavar="NN", help="run only these (e.g. 03 04); the "
                         "report keeps the other notebooks' earlier results")
     parser.add_argument("--force", action="store_true", help="re-run notebooks that are up to date too")
-    parser.add_argument("--size", type=int, default=None, help="quick run: images per class (CI: 5); default: full")
+    parser.add_argument("--size", type=positive_int, default=None, help="quick run: images per class (CI: 5); default: full")
     parser.add_argument("--dataset", choices=nbutils.DATASETS, default=None, help="default: ucmcom")
     parser.add_argument("--model", default=None, help="model spec (default: $RSCIR_MODEL / the stand-in / RemoteCLIP)")
     parser.add_argument("--data-root", default=None, help="default: $RSCIR_DATA")
@@ -844,7 +845,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="any notebook parameter, value as a Python literal (e.g. -p lambdas '[0, 0.5, 1]')")
     parser.add_argument("--kernel", default=KERNEL, help="Jupyter kernel name (default: python3)")
-    parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    parser.add_argument("--timeout", type=positive_int, default=None, help="per-cell timeout in seconds")
     parser.add_argument("--strip", action="store_true",
                         help="do not run: clear the outputs of the notebooks in place (before committing them)")
     return parser

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .. import config
 from ..errors import DataError
+from . import positive_int
 from .setup_args import add_setup_args, setup_kwargs
 
 
@@ -32,10 +33,10 @@ def register(subparsers) -> None:
     p.add_argument("--root", metavar="DIR", default=None, help="image root for --file-list (default: the list's folder)")
     p.add_argument("--out", required=True, metavar="FEATS.npz", help="output feature file")
     _add_model_args(p)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--chunk-size", type=int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--chunk-size", type=positive_int, default=None,
                    help="images per saved chunk in OUT.partial/ (default: a multiple of --batch-size near 256)")
-    p.add_argument("--limit-per-class", type=int, default=None, help="keep the first N images per class (quick runs)")
+    p.add_argument("--limit-per-class", type=positive_int, default=None, help="keep the first N images per class (quick runs)")
     p.add_argument("--no-resume", action="store_true",
                    help="recompute everything (and replace OUT) even if OUT or OUT.partial/ hold encoded images")
     p.add_argument("--on-error", choices=["stop", "skip"], default="stop",
@@ -60,7 +61,7 @@ def register(subparsers) -> None:
                    help="image features the texts will be scored against: their model and configuration are the "
                         "defaults, so the two files match")
     _add_model_args(t, matching="--features")
-    t.add_argument("--batch-size", type=int, default=256)
+    t.add_argument("--batch-size", type=positive_int, default=256)
     t.set_defaults(func=run_encode_text)
 
 
@@ -137,6 +138,7 @@ def run_extract(args) -> int:
 
 def run_encode_text(args) -> int:
     from ..features import encode_texts
+    from ..io import check_output_path
 
     from ..io import check_output_path, read_text
 
@@ -148,6 +150,8 @@ def run_encode_text(args) -> int:
     texts = [t for t in texts if t]
     if not texts:
         raise DataError(f"{path} holds no texts (one text per line, blank lines ignored)")
+    check_output_path(args.out, "file", "--out")
+    config.resolve_device(args.device or "auto")
     stored = None
     if args.features:
         from ..features import ImageFeatures

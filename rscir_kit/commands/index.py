@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, ModelMismatchError
+from . import positive_int
 from .setup_args import add_setup_args, setup_kwargs
 
 
@@ -21,7 +22,7 @@ def register(subparsers) -> None:
         "index", help="build / inspect an archive index for millisecond WeiCom search (rscir-kit search)",
         description="Archive index: float16 embeddings (memory-mapped), their mean and covariance (exact WeiCom "
                     "normalisation in O(d²)), and FAISS indexes for the threshold algorithm.")
-    sub = p.add_subparsers(dest="index_command", metavar="ACTION")
+    sub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
     b = sub.add_parser("build", help="build INDEX_DIR from an image feature file")
     b.add_argument("--features", required=True, metavar="FEATS.npz",
                    help="image feature file (rscir-kit extract), or an (N, d) .npy array (memory-mapped; for archives "
@@ -32,7 +33,7 @@ def register(subparsers) -> None:
     b.add_argument("--fast", default="auto", metavar="auto|none|FACTORY",
                    help="approximate index for --mode fast: auto (flat 4-bit PQ fast-scan, d/8 bytes a row), none, "
                         "or a FAISS index_factory string such as 'PQ256x4fs', 'IVF4096,SQfp16' or 'HNSW32,SQfp16'")
-    b.add_argument("--nprobe", type=int, default=64, help="IVF cells probed by --mode fast, for IVF fast indexes")
+    b.add_argument("--nprobe", type=positive_int, default=64, help="IVF cells probed by --mode fast, for IVF fast indexes")
     b.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
     b.add_argument("--setup", default=None, choices=["default", "paper"],
                    help="require FEATS to have been made with this named model configuration (refused otherwise)")
@@ -42,7 +43,6 @@ def register(subparsers) -> None:
     i.add_argument("--index", required=True, metavar="INDEX_DIR")
     i.add_argument("--verify", action="store_true", help="check the sha256 of every index file (also the large ones)")
     i.set_defaults(func=run_info)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
     s = subparsers.add_parser(
         "search", help="WeiCom top-k of an (image, text) query over an archive index",
@@ -56,11 +56,11 @@ def register(subparsers) -> None:
                    help="precomputed query embeddings instead of encoding: npz with 'image' and/or 'text' (d,) and "
                         "optionally 'model'")
     s.add_argument("--lam", type=float, default=0.5, help="λ in [0, 1]: 0 = image only, 1 = text only (default 0.5)")
-    s.add_argument("-k", "--top-k", dest="k", type=int, default=20, help="number of results (default 20)")
+    s.add_argument("-k", "--top-k", dest="k", type=positive_int, default=20, help="number of results (default 20)")
     s.add_argument("--mode", default="exact", choices=["exact", "fast", "scan"],
                    help="exact: identical to the brute-force top-k; fast: approximate lists; scan: brute force")
-    s.add_argument("--nprobe", type=int, default=None, help="IVF cells probed in --mode fast (IVF fast indexes)")
-    s.add_argument("--depth", type=int, default=None,
+    s.add_argument("--nprobe", type=positive_int, default=None, help="IVF cells probed in --mode fast (IVF fast indexes)")
+    s.add_argument("--depth", type=positive_int, default=None,
                    help="list depth: --mode fast reads this many per list (default 100·k; more = higher recall)")
     s.add_argument("--model", default=None,
                    help="model used to encode the query (default: the index's model); must match the index's model")

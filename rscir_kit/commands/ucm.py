@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import config
+from ..errors import DataError
+from . import positive_int
 
 
 def register(subparsers) -> None:
@@ -26,7 +28,7 @@ def register(subparsers) -> None:
 
     q = sub.add_parser("queries", help="build the UCM-Com query file (one row per class and label)")
     q.add_argument("--root", default=None, help="folder with multilabels.tsv (default: $RSCIR_DATA/ucm)")
-    q.add_argument("--min-count", type=int, default=5, help="images needed with and without a label (default 5)")
+    q.add_argument("--min-count", type=positive_int, default=5, help="images needed with and without a label (default 5)")
     q.add_argument("--out", required=True, metavar="CSV")
     q.set_defaults(func=run_queries)
 
@@ -52,6 +54,8 @@ def run_download(args) -> int:
     from ..datasets.ucm import UCMImages, UCMMultiLabel
 
     root = _root(args)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"--root {root} is a file; give the folder to download UC Merced into")
     root.mkdir(parents=True, exist_ok=True)
     images = UCMImages(root, download=True)
     labels = UCMMultiLabel(root, download=True)
@@ -63,7 +67,6 @@ def run_download(args) -> int:
 def run_check(args) -> int:
     from ..datasets.ucm import UCMCaptions, UCMImages, UCMMultiLabel
     from ..datasets.ucmcom import ucmcom_groups
-    from ..errors import DataError
 
     root = _root(args)
     status = 0

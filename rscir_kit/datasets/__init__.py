@@ -42,5 +42,5 @@ def get_benchmark(name: str, root=None, data_root=None, kind: str | None = None,
     ``data_root`` (default ``$RSCIR_DATA``); ``options`` go to its constructor (e.g. ``download=True``)."""
     cls = benchmark_class(name, kind)
     if root is None:
-        root = cls.default_root(None if data_root is None else Path(data_root))
+        return cls.from_data_root(None if data_root is None else Path(data_root), **options)
     return cls(root, **options)

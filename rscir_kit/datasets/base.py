@@ -41,6 +41,11 @@ class Benchmark(ABC):
         """The benchmark's folder under ``data_root`` (default ``$RSCIR_DATA``)."""
         return Path(data_root or default_data_root()) / cls.name
 
+    @classmethod
+    def from_data_root(cls, data_root: Path | None = None, **options):
+        """The benchmark with its files in their default places under ``data_root`` (default ``$RSCIR_DATA``)."""
+        return cls(cls.default_root(data_root), **options)
+
     @abstractmethod
     def archive(self, size: int | None = None):
         """The archive as an ImageCollection; ``size``: at most that many images per class (quick runs)."""
@@ -65,6 +70,14 @@ class CaptionBenchmark(ABC):
     manual: str = ""
 
     root: Path
+
+    @classmethod
+    def default_root(cls, data_root: Path | None = None) -> Path:
+        return Path(data_root or default_data_root()) / cls.name
+
+    @classmethod
+    def from_data_root(cls, data_root: Path | None = None, **options):
+        return cls(cls.default_root(data_root), **options)
 
     @abstractmethod
     def queries(self, split: str = "test"):

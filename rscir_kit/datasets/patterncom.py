@@ -197,6 +197,12 @@ class PatternCom(Benchmark):
         candidates = (base / "PatternCom", base / "PatternNet" / "PatternCom", base / "PatternNet", base)
         return next((c for c in candidates if any((c / f"{a}.csv").is_file() for a in ATTRIBUTES)), candidates[0])
 
+    @classmethod
+    def from_data_root(cls, data_root=None, **options) -> "PatternCom":
+        """CSVs found by :meth:`default_root`, images in ``<data_root>/PatternNet``."""
+        base = Path(data_root or default_data_root())
+        return cls(cls.default_root(base), **{"images_root": base / "PatternNet", **options})
+
     def archive(self, size: int | None = None) -> ImageCollection:
         """PatternNet images (``size`` per class when set) under ``images_root``, else
         ``$RSCIR_DATA/PatternNet``."""
