@@ -706,6 +706,12 @@ def headline(out: Path, entries: dict) -> list[str]:
             name = str(best.get("index", "?")) + (f", λ={best['lambda']:g}" if isinstance(best.get("lambda"), (int, float))
                                                   else "")
             lines.append(f"- text-to-text ({r8.get('protocol', '?')} protocol): best mR {best['mR']:.2f} ({name})")
+    r9 = _read_results(out, find("09")) if find("09") else {}
+    if r9.get("best_method") and r9.get("best_ci"):
+        lo, hi = r9["best_ci"]
+        lines.append(f"- method leaderboard (hyper-parameters chosen on {r9['split']['n_validation']} validation, "
+                     f"reported on {r9['split']['n_test']} test query images): best **{r9['best_method']}**, "
+                     f"mAP {r9['best_map']:.2f} (95 % CI {lo:.2f}–{hi:.2f})")
     return lines
 
 
