@@ -29,11 +29,11 @@ from pathlib import Path
 
 from . import config
 from .errors import RscirError
+from .methods import NUMERICS
 
 ACTIVATIONS = ("auto", "quickgelu", "gelu")
 ACTIVATION_ALIASES = {"official": "gelu"}  # "official" = as the official WeiCom code (plain GELU)
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-NUMERICS = ("kit", "official")
 
 #: Metadata keys that together say which configuration made an artefact (stored flat in ``meta``).
 CONFIG_KEYS = ("setup", "model", "model_name", "architecture", "weights_sha256", "activation", "precision",

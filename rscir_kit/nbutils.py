@@ -79,6 +79,7 @@ class NotebookParams:
     extra: dict[str, Any] = field(default_factory=dict)
     setup: str = "default"            # named model configuration (rscir_kit.modelsetup.SETUPS)
     reference_source: str = "readme-current"  # published table a run is compared with (rscir_kit.reference)
+    ap_decimals: int | None = None    # per-pair AP/P@k/R@k rounding in % (official evaluate.py: 2); None: exact
 
     def as_dict(self) -> dict[str, Any]:
         return _jsonable(asdict(self))
@@ -117,7 +118,7 @@ def check_lambdas(lambdas: Iterable[float]) -> list[float]:
 def setup(notebook: str, *, dataset: str = "ucmcom", data_root=None, model: str | None = None, cache_dir=None,
           lambdas=None, device: str | None = "auto", output_dir=None, size: int | None = None,
           batch_size: int = 64, setup: str | None = None, reference_source: str | None = None,
-          **extra) -> NotebookParams:
+          ap_decimals: int | None = None, **extra) -> NotebookParams:
     """Resolve a notebook's papermill parameters.
 
     ``None`` means "from the environment": ``data_root`` ← ``$RSCIR_DATA``, ``model`` ←
@@ -125,7 +126,7 @@ def setup(notebook: str, *, dataset: str = "ucmcom", data_root=None, model: str 
     ``$RSCIR_OUTPUT/<notebook>``, ``device`` ``"auto"`` ← ``$RSCIR_DEVICE``, ``size`` ← ``$RSCIR_SIZE`` (a
     quick-run knob for CI tools that cannot pass parameters, e.g. ``pytest --nbval-lax``; unset = full run),
     ``setup`` ← ``"default"`` (``"paper"``: GELU + fp32 + official numerics), ``reference_source`` ←
-    ``"readme-current"``. Creates the output folder."""
+    ``"readme-current"``, ``ap_decimals`` ← None (exact). Creates the output folder."""
     absolutize_env()
     if size is None and os.environ.get("RSCIR_SIZE", "").strip():
         try:
@@ -152,6 +153,10 @@ def setup(notebook: str, *, dataset: str = "ucmcom", data_root=None, model: str 
     reference_source = reference_source or reference.DEFAULT_SOURCE
     if reference_source not in reference.SOURCES:
         raise DataError(f"unknown reference_source {reference_source!r}: choose one of {', '.join(reference.SOURCES)}")
+    if ap_decimals is not None and (isinstance(ap_decimals, bool) or int(ap_decimals) != ap_decimals
+                                    or int(ap_decimals) < 0):
+        raise DataError(f"ap_decimals must be a non-negative integer (the official evaluate.py: 2) or None, "
+                        f"got {ap_decimals!r}")
     params = NotebookParams(
         notebook=stem,
         dataset=dataset,
@@ -166,6 +171,7 @@ def setup(notebook: str, *, dataset: str = "ucmcom", data_root=None, model: str 
         extra=dict(extra),
         setup=setup,
         reference_source=reference_source,
+        ap_decimals=None if ap_decimals is None else int(ap_decimals),
     )
     params.output_dir.mkdir(parents=True, exist_ok=True)
     return params
@@ -318,16 +324,5 @@ def load_benchmark(params: NotebookParams, encoder=None, progress: bool = True, 
 
 def run_config(params: NotebookParams, bench: BenchmarkData) -> dict:
     """The configuration of a notebook's run (for :func:`rscir_kit.reference.compare_run` and the figures): the
-    archive features' recorded configuration plus the numerics the evaluation uses."""
-    return dict(bench.archive.meta, numerics=evaluate_options(params).get("numerics", "kit"))
-
-
-def evaluate_options(params: NotebookParams) -> dict:
-    """Keyword arguments of :func:`rscir_kit.engine.evaluate` that the setup fixes (``numerics``)."""
-    import inspect
-
-    from .engine import evaluate
-
-    if "numerics" in inspect.signature(evaluate).parameters:
-        return {"numerics": params.numerics}
-    return {}
+    archive features' recorded configuration plus the numerics the evaluation uses (``params.numerics``)."""
+    return dict(bench.archive.meta, numerics=params.numerics)

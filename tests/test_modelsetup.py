@@ -117,25 +117,15 @@ def test_paper_setup_travels_from_features_to_evaluation(tiny, capsys):
     assert len(meta["weights_sha256"]) == 64 and meta["architecture"].startswith("custom:")
     # evaluate, told nothing about the configuration, builds text features the paper's way
     out = root / "r.csv"
-    flags = [] if _engine_has_numerics() else ["--numerics", "kit"]
     assert main(["evaluate", "queries", "--features", str(feats), "--queries", str(queries), "--out", str(out),
-                 "--quiet", *flags]) == 0
+                 "--quiet"]) == 0
     table = pd.read_csv(out, keep_default_na=False)
     assert set(table["activation"]) == {"gelu"} and set(table["precision"]) == {"fp32"}
     assert set(table["weights_sha256"]) == {meta["weights_sha256"]}
-    if not flags:
-        assert set(table["setup"]) == {"paper"} and set(table["numerics"]) == {"official"}
+    assert set(table["setup"]) == {"paper"} and set(table["numerics"]) == {"official"}
     assert {"p@5", "r@20"} <= set(table.columns)
     printed = capsys.readouterr().out
     assert "P@5" in printed and "configuration:" in printed
-
-
-def _engine_has_numerics() -> bool:
-    import inspect
-
-    from rscir_kit.engine import evaluate
-
-    return "numerics" in inspect.signature(evaluate).parameters
 
 
 def test_mixing_setups_is_refused_with_the_fix(tiny, capsys):
@@ -180,7 +170,6 @@ def test_official_pickle_needs_a_stated_activation(tiny, capsys):
     assert main(base[:-2]) == 2
     assert "records no model" in capsys.readouterr().err
     out = root / "pk.csv"
-    flags = [] if _engine_has_numerics() else ["--numerics", "kit"]
-    assert main(base + ["--setup", "paper", "--out", str(out), *flags]) == 0
+    assert main(base + ["--setup", "paper", "--out", str(out)]) == 0
     table = pd.read_csv(out, keep_default_na=False)
     assert set(table["activation"]) == {"gelu"} and set(table["precision"]) == {"fp32"}

@@ -99,3 +99,29 @@ def test_official_csv_layout_and_rounding(mixed, tmp_path):
     assert names == ["patternnet_metrics_remoteclip_lambda0.3_density.csv",
                      "patternnet_metrics_remoteclip_lambda0.5_density.csv"]
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "results" / names[1]), t, check_dtype=False)
+
+
+def test_cli_writes_the_official_layout_with_rounding(mixed, tmp_path, capsys):
+    from rscir_kit.cli import main
+
+    root, rows, archive = mixed
+    qs = PatternCom(root).queries(archive.paths)
+    texts = sorted(set(qs.table["text"]))
+    rng = np.random.default_rng(2)
+    tf = rng.standard_normal((len(texts), 8)).astype(np.float32)
+    tfeat = TextFeatures(texts, tf / np.linalg.norm(tf, axis=1, keepdims=True), {"model": "random"})
+    archive.save(tmp_path / "a.npz")
+    tfeat.save(tmp_path / "t.npz")
+    assert main(["evaluate", "patterncom", "--features", str(tmp_path / "a.npz"), "--text-features",
+                 str(tmp_path / "t.npz"), "--patterncom-dir", str(root), "--methods", "image", "weicom", "--lambdas",
+                 "0.5", "--ap-decimals", "2", "--official-csv", str(tmp_path / "official"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "P@5" in printed and "R@20" in printed and "wrote 1 official-layout CSVs" in printed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        per_pair = evaluate(qs, archive, tfeat, methods=["image", "weicom"], lambdas=[0.5], ks=(5, 10, 15, 20),
+                            ap_decimals=2, progress=False)
+    got = pd.read_csv(tmp_path / "official" / "patternnet_metrics_random_lambda0.5_density.csv")
+    pd.testing.assert_frame_equal(got, official_tables(per_pair)[(0.5, "density")], check_dtype=False)
+    # every per-pair AP was rounded to 2 decimals (in %) before the mean
+    assert np.allclose(per_pair["ap"] * 100, np.round(per_pair["ap"] * 100, 2))

@@ -208,25 +208,6 @@ def _pickle_text_encoder(args, archive, flags, device):
 CONFIG_COLUMNS = ("model", "setup", "activation", "precision", "numerics", "weights_sha256")
 
 
-def _engine_options(evaluate, numerics: str, ap_decimals: int | None) -> dict:
-    """numerics / ap_decimals keyword arguments for the engine (refused clearly when the engine lacks them)."""
-    import inspect
-
-    from ..errors import ParameterError
-
-    params = inspect.signature(evaluate).parameters
-    opts = {}
-    if "numerics" in params:
-        opts["numerics"] = numerics
-    elif numerics != "kit":
-        raise ParameterError("numerics='official' is not available in this version of the engine; use --numerics kit")
-    if ap_decimals is not None:
-        if "ap_decimals" not in params:
-            raise ParameterError("--ap-decimals is not available in this version of the engine")
-        opts["ap_decimals"] = ap_decimals
-    return opts
-
-
 def results_table(per_pair, by: str, ks=(), config_meta: dict | None = None):
     """The results CSV: ``method, lambda, <by>, map, p@k…, r@k…`` (all in %, an ``avg`` row per method/λ = mean of
     the groups) plus the configuration columns :data:`CONFIG_COLUMNS` taken from ``config_meta``."""
@@ -256,7 +237,7 @@ def _run(args, queries, by, loaded: Loaded) -> int:
         per_pair = evaluate(queries, archive, texts, methods=args.methods, lambdas=args.lambdas,
                             query_features=query_features, device=args.device or config.default_device(),
                             on_empty=args.on_empty, progress=not args.quiet, ks=ks,
-                            **_engine_options(evaluate, loaded.numerics, args.ap_decimals))
+                            numerics=loaded.numerics, ap_decimals=args.ap_decimals)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     meta = dict(archive.meta, setup=loaded.setup_name, numerics=loaded.numerics)
@@ -287,7 +268,7 @@ def _run(args, queries, by, loaded: Loaded) -> int:
         from ..datasets.patterncom import write_official_csvs
         from ..pipeline import model_slug
 
-        written = write_official_csvs(per_pair, args.official_csv, model_slug(str(meta.get("model_name") or "model")),
+        written = write_official_csvs(per_pair, args.official_csv, model_slug(str(meta.get("model_name") or meta.get("model") or "model")),
                                       ks=ks, decimals=2 if args.ap_decimals is None else args.ap_decimals)
         print(f"wrote {len(written)} official-layout CSVs to {args.official_csv}")
     return 0
