@@ -230,6 +230,13 @@ def load_results(output_dir) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+class SavedFiles(list):
+    """The paths a Recorder wrote; shown in a notebook as one short line, not as a list of PosixPaths."""
+
+    def __repr__(self) -> str:
+        return "saved " + ", ".join(Path(p).name for p in self)
+
+
 class Recorder:
     """Collects a notebook's results in ``<output_dir>/results.json`` and saves its figures and tables.
 
@@ -256,14 +263,14 @@ class Recorder:
     def save(self) -> Path:
         return write_json_atomic(self.path, self.data)
 
-    def record(self, **values) -> dict:
-        """Store JSON-able values (numpy, pandas and Paths are converted) and rewrite results.json."""
+    def record(self, **values) -> None:
+        """Store JSON-able values (numpy, pandas and Paths are converted) and rewrite results.json.
+        Returns nothing, so a notebook cell ending with it prints nothing (read back with ``rec[key]``)."""
         for key in values:
             if key in _RESERVED:
                 raise KeyError(f"{key!r} is kept by the Recorder itself; pick another name")
         self.data.update(_jsonable(values))
         self.save()
-        return self.data
 
     def __getitem__(self, key):
         return self.data[key]
@@ -279,7 +286,7 @@ class Recorder:
             paths.append(path)
         self.data["figures"][name] = [p.name for p in paths]
         self.save()
-        return paths
+        return SavedFiles(paths)
 
     def table(self, frame, name: str, index: bool = False, float_format: str | None = "%.6g") -> Path:
         """Save a DataFrame as ``<name>.csv``; returns the path."""

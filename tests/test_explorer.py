@@ -22,15 +22,16 @@ def _unit(x):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-class Archive:
-    def __init__(self, feats, paths, labels):
-        self.feats, self.paths, self.labels, self.meta = feats, np.asarray(paths), np.asarray(labels), {
-            "model": "local-dir:/w/ucm-minilm-standin"}
+def Archive(feats, paths, labels):
+    from rscir_kit.features import ImageFeatures
+
+    return ImageFeatures(feats, np.asarray(paths), np.asarray(labels), {"model": "local-dir:/w/ucm-minilm-standin"})
 
 
 class Texts:
     def __init__(self, mapping):
         self.mapping = mapping
+        self.meta = {"model": "local-dir:/w/ucm-minilm-standin"}
 
     def lookup(self, texts):
         missing = [t for t in texts if t not in self.mapping]
@@ -138,32 +139,106 @@ def test_figure_outlines_positives_and_is_labelled(world):
 def test_widget_drives_the_same_logic(world):
     archive, qs, texts = world
     ex = LambdaExplorer(archive, queries=qs, texts=texts, k=5)
-    box = ex.widget()
+    box = ex.widget(live=False)
     w = ex._widgets
-    assert box is not None and w["query"].options == ("c0/img00.jpg", "c0/img01.jpg")
+    assert box is not None and [v for _, v in w["query"].options] == ["c0/img00.jpg", "c0/img01.jpg"]
+    assert w["query"].options[0][0] == "img00.jpg (c0)"  # the file name and class are shown
     w["text"].value = "with e1"
     w["lam"].value = 0.0
     top_img = ex.state.topk.copy()
-    png_before = w["image"].value
+    before = w["view"].value
     w["lam"].value = 1.0
     assert ex.state.lam == 1.0 and not np.array_equal(top_img, ex.state.topk)
-    assert "AP" in w["info"].value
-    assert w["image"].value[:4] == b"\x89PNG" and w["image"].value != png_before  # the figure was redrawn
+    after = w["view"].value
+    assert after != before and "λ=1:" in after and "λ=0:" in before  # status and figure: one HTML piece
+    assert after.count("rscir-card") == 5 and before.count("rscir-card") == 5
+    w["k"].value = 3
+    assert w["view"].value.count("rscir-card") == 3
     w["query"].value = "c0/img01.jpg"
     assert ex.state.query_path == "c0/img01.jpg"
     plt.close("all")
+
+
+def test_query_change_resets_the_text_and_filters(world):
+    archive, qs, texts = world
+    ex = LambdaExplorer(archive, queries=qs, texts=texts, encoder=Encoder(), k=4)
+    ex.widget(live=False)
+    w = ex._widgets
+    w["text"].value = "other"  # a text only query 0 has
+    assert ex.state.ap is not None
+    w["query"].value = "c0/img01.jpg"
+    assert w["text"].value == "with e1" and ex.state.text == "with e1"  # the new query's first benchmark text
+    assert "no ground truth" not in w["view"].value
+    w["filter"].value = "other"  # queries with ground truth for "other": only img00
+    assert [v for _, v in w["query"].options] == ["c0/img00.jpg"] and w["text"].value == "other"
+    assert "1 of 2 queries" in w["count"].value
+    w["filter"].value = ""
+    w["class"].value = "c0"
+    assert len(w["query"].options) == 2
+    plt.close("all")
+
+
+def test_compare_a_second_lambda_or_method(world):
+    archive, qs, texts = world
+    ex = LambdaExplorer(archive, queries=qs, texts=texts, k=5)
+    ex.widget(live=False)
+    w = ex._widgets
+    w["query"].value, w["text"].value, w["lam"].value = "c0/img00.jpg", "with e1", 0.5
+    assert "rscir-compare-grid" not in w["view"].value
+    w["compare"].value = "weicom"
+    w["lam2"].value = 0.0
+    view = w["view"].value
+    assert "rscir-compare-grid" in view and "λ=0" in view.split("rscir-compare-grid")[0].rsplit("<b>", 1)[-1]
+    r = ex.rank("image")
+    s_img = archive.feats[0] @ archive.feats.T
+    assert list(r.topk) == list(np.argsort(-s_img, kind="stable")[:5])
+    w["compare"].value = "image"
+    assert ex.rank("weicom", 0.0).topk.tolist() == r.topk.tolist()  # λ=0 is image only
+    assert r.label in w["view"].value
+    plt.close("all")
+
+
+def test_free_text_has_no_positive_count(world):
+    archive, qs, texts = world
+    ex = LambdaExplorer(archive, queries=qs, texts=texts, encoder=Encoder(), k=5)
+    st = ex.set(query=0, text="something new", lam=0.3)
+    assert "positive" not in st.summary() and "no ground truth" in st.summary()
+    assert "of the top" not in ex.view_html(st)
+
+
+def test_live_benchmark_map_matches_a_slow_recomputation(world):
+    """The mAP shown with the slider = mean over attributes of the mean AP per attribute, every pair ranked
+    by WeiCom at that λ (computed here from the formula, pair by pair)."""
+    archive, qs, texts = world
+    ex = LambdaExplorer(archive, queries=qs, texts=texts, k=5, benchmark_name="toy")
+    live = ex.benchmark_map([0.0, 0.3, 1.0], device="cpu")
+    t = qs.table
+    for lam in (0.0, 0.3, 1.0):
+        per_attr = {}
+        for i, row in t.iterrows():
+            qi = list(archive.paths).index(row["query_path"])
+            s = fuse((archive.feats[qi] @ archive.feats.T)[None], (texts.lookup([row["text"]])[0] @ archive.feats.T)[None],
+                     "weicom", lam)[0]
+            rel = np.zeros(len(archive.paths), bool)
+            rel[qs.positives(i)] = True
+            per_attr.setdefault(row["attribute"], []).append(average_precision(s, rel))
+        expected = 100 * np.mean([np.mean(v) for v in per_attr.values()])
+        assert live.loc[lam, "toy"] == pytest.approx(expected, abs=1e-4)
+    text = ex.live_text(0.3)
+    assert f"toy <b>{live.loc[0.3, 'toy']:.2f}</b>" in text and "best" in text
+    assert "nearest computed λ 0.3" in ex.live_text(0.31)
 
 
 def test_widget_free_text_goes_through_the_encoder(world):
     archive, qs, texts = world
     enc = Encoder()
     ex = LambdaExplorer(archive, queries=qs, texts=texts, encoder=enc, k=5)
-    ex.widget()
+    ex.widget(live=False)
     w = ex._widgets
     assert w["text"].ensure_option is False  # free typing allowed when a model is available
     w["text"].value = "a sentence nobody benchmarked"
     assert ex.state.text == "a sentence nobody benchmarked" and ex.state.text_source == "encoder"
-    assert ex.state.ap is None and "n/a" in w["info"].value
+    assert ex.state.ap is None and "n/a" in w["view"].value
     plt.close("all")
 
 
