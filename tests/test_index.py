@@ -242,6 +242,7 @@ def test_cli_build_and_search(tmp_path, capsys, monkeypatch):
             return np.stack([x[42]] * len(texts))
 
     monkeypatch.setattr(cmd, "_load_encoder", lambda spec, device, setup: FakeEncoder(spec))
+    monkeypatch.setenv("RSCIR_CACHE", str(tmp_path / "cache"))  # the query-text cache
     capsys.readouterr()
     out_csv = tmp_path / "res.csv"
     assert cli.main(["search", "--index", str(tmp_path / "idx"), "--image", "c/7.jpg", "--text", "with a river",
@@ -300,3 +301,59 @@ def test_cli_build_from_npy_memmap(tmp_path, capsys):
     idx = ArchiveIndex.load(tmp_path / "idx")
     assert idx.model_id == "m-2" and idx.paths[3] == "tile_3.png" and idx.fast is None
     np.testing.assert_array_equal(np.asarray(idx.rows), x.astype(np.float16))
+
+
+def test_cli_search_cache_batch_and_messages(tmp_path, capsys, monkeypatch):
+    """Image-only queries of archive images and texts seen before need no model; a batch file gives one table
+    equal to the single searches; bad rows are named by line."""
+    features = pytest.importorskip("rscir_kit.features")
+    from rscir_kit import cli
+    from rscir_kit.commands import index as cmd
+
+    x, _ = _archive(n=600, d=16, seed=11)
+    features.ImageFeatures(x, [f"c/{i}.jpg" for i in range(600)], ["c"] * 600,
+                           {"model": "m-3"}).save(tmp_path / "f.npz")
+    assert cli.main(["index", "build", "--features", str(tmp_path / "f.npz"), "--out", str(tmp_path / "idx"),
+                     "--fast", "none", "--quiet"]) == 0
+    loads = []
+
+    class FakeEncoder:
+        model_id, meta = "m-3", {"model": "m-3"}
+
+        def encode_texts(self, texts):
+            return np.stack([x[(len(t) * 7) % 600] for t in texts])
+
+    monkeypatch.setattr(cmd, "_load_encoder", lambda *a: loads.append(a) or FakeEncoder())
+    monkeypatch.setenv("RSCIR_CACHE", str(tmp_path / "cache"))
+    idx_dir = str(tmp_path / "idx")
+    assert cli.main(["search", "--index", idx_dir, "--image", "c/3.jpg", "--lam", "0", "-k", "3"]) == 0
+    assert loads == []  # image-only query of an archive image: its stored row, no model
+    assert cli.main(["search", "--index", idx_dir, "--image", "c/3.jpg", "--text", "with a river", "-k", "3"]) == 0
+    assert len(loads) == 1
+    first = capsys.readouterr().out
+    assert cli.main(["search", "--index", idx_dir, "--image", "c/3.jpg", "--text", "with a river", "-k", "3"]) == 0
+    assert len(loads) == 1, "a text searched before must come from the cache"
+    assert capsys.readouterr().out.splitlines()[-3:] == first.splitlines()[-3:]
+    batch = tmp_path / "q.csv"
+    batch.write_text("image,text,lam\nc/3.jpg,with a river,0.5\nc/9.jpg,,0\n,with a lake,1\nc/5.jpg,with a lake,0.2\n")
+    out = tmp_path / "res.csv"
+    assert cli.main(["search", "--index", idx_dir, "--batch", str(batch), "-k", "4", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "4 queries over 600 images" in printed and len(loads) == 2  # one load for the new text, for all rows
+    import csv
+
+    table = list(csv.DictReader(open(out)))
+    assert [r["query"] for r in table] == [str(i) for i in (1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4)]
+    idx = ArchiveIndex.load(idx_dir)
+    enc = FakeEncoder()
+    for q, (img, text, lam) in enumerate([(3, "with a river", 0.5), (9, None, 0.0), (None, "with a lake", 1.0),
+                                          (5, "with a lake", 0.2)], start=1):
+        want = idx.search(None if img is None else np.asarray(idx.rows[img], np.float32),
+                          None if text is None else enc.encode_texts([text])[0], lam=lam, k=4).indices
+        assert [int(r["index"]) for r in table if r["query"] == str(q)] == want.tolist()
+    batch.write_text("image,text,lam\nc/3.jpg,,0.5\n")
+    assert cli.main(["search", "--index", idx_dir, "--batch", str(batch)]) == 2
+    assert "q.csv:2: λ=0.5 needs a text" in capsys.readouterr().err
+    assert cli.main(["search", "--index", idx_dir, "--image", "nosuch.jpg", "--lam", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "nosuch.jpg" in err and "no such file" in err and "--images" not in err

@@ -100,7 +100,7 @@ BENCHMARK_OPTIONS = {
 def register(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="evaluate composed retrieval methods on a benchmark",
                               description="Evaluate image/text/average/WeiCom (any λ) on a benchmark; prints the mAP and "
-                                          "P@k/R@k tables and writes method,lambda,<group>,map,p@k…,r@k… (in %%) plus "
+                                          "P@k/R@k tables and writes method,lambda,<group>,map,p@k…,r@k… (in %) plus "
                                           "the configuration columns (model, setup, activation, precision, numerics, "
                                           "weights_sha256).")
     bench = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)

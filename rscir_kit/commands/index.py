@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError, ModelMismatchError
+from ..errors import DataError, ModelMismatchError, RscirError
 from . import positive_int
 from .setup_args import add_setup_args, setup_kwargs
 
@@ -66,6 +66,9 @@ def register(subparsers) -> None:
                    help="model used to encode the query (default: the index's model); must match the index's model")
     s.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     add_setup_args(s, numerics=False, matching="the index")
+    s.add_argument("--batch", metavar="QUERIES.csv", default=None,
+                   help="many queries at once: a CSV with columns image,text[,lam][,k] (one row per query; λ and k "
+                        "default to --lam / -k); one table out, the model loaded at most once")
     s.add_argument("--out", metavar="FILE.csv|FILE.json", default=None, help="also write the results")
     s.set_defaults(func=run_search)
 
@@ -189,45 +192,262 @@ def _index_model(idx) -> str:
     return idx.model_id
 
 
+RESULT_COLUMNS = ("rank", "index", "score", "s_img", "s_txt", "path", "label")
+
+
+def _result_rows(res, extra: dict | None = None) -> list[dict]:
+    """Rows of a SearchResult as plain dicts (no pandas: the CLI answers without importing it)."""
+    rows = []
+    for r in range(len(res)):
+        row = dict(extra or {})
+        row.update({"rank": r + 1, "index": int(res.indices[r]), "score": float(res.scores[r]),
+                    "s_img": float(res.s_img[r]), "s_txt": float(res.s_txt[r])})
+        if res.paths is not None:
+            row["path"] = str(res.paths[r])
+        if res.labels is not None:
+            row["label"] = str(res.labels[r])
+        rows.append(row)
+    return rows
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return "NaN" if v != v else f"{v:.6f}"
+    return "" if v is None else str(v)
+
+
+def format_table(rows: list[dict], columns=None) -> str:
+    """A right-aligned text table of ``rows`` (what pandas' to_string prints, without pandas)."""
+    if not rows:
+        return "(no results)"
+    columns = list(columns or dict.fromkeys(k for r in rows for k in r))
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = [" ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    lines += [" ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def _write_rows(rows: list[dict], out: Path) -> None:
+    import csv
+
+    from ..io import atomic_write
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".json":
+        atomic_write(out, lambda f: f.write(json.dumps(rows, indent=1)), mode="w")
+        return
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+
+    def write(f):
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+
+    atomic_write(out, write, mode="w")
+
+
+# ------------------------------------------------------------------------------------ query-text cache
+def _text_cache_path(idx) -> Path:
+    """``$RSCIR_CACHE/query_texts_<model>_<hash of the index's feature metadata>.npz``: one cache per index."""
+    import hashlib
+
+    from .. import config
+    from ..pipeline import model_slug
+
+    ident = json.dumps(idx.meta.get("feature_meta") or {"model": idx.model_id, "n": idx.n}, sort_keys=True,
+                       default=str)
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:12]
+    return config.cache_dir() / f"query_texts_{model_slug(idx.model_id or 'model')}_{digest}.npz"
+
+
+def _load_text_cache(idx) -> tuple[dict, dict]:
+    """{text: (d,) embedding} cached for the index's model, and the encoder metadata they were made with."""
+    path = _text_cache_path(idx)
+    if not path.is_file():
+        return {}, {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"][()]))
+            texts, feats = z["texts"].tolist(), np.asarray(z["feats"], np.float32)
+    except (OSError, ValueError, KeyError):
+        return {}, {}  # unreadable cache: ignored (it is only a cache) and rewritten on the next miss
+    if meta.get("model") != idx.model_id:
+        return {}, {}
+    if idx.meta.get("feature_meta"):
+        from ..features import check_same_model
+
+        check_same_model(idx.meta["feature_meta"], meta, names=(f"index {idx.root}", f"text cache {path}"))
+    return dict(zip(texts, feats)), meta
+
+
+def _save_text_cache(idx, cache: dict, meta: dict) -> None:
+    from ..io import atomic_path
+
+    path = _text_cache_path(idx)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    texts = list(cache)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, texts=np.asarray(texts, dtype=str), feats=np.stack([cache[t] for t in texts]).astype(np.float32),
+                 meta=np.asarray(json.dumps(meta)))
+
+
+class _Queries:
+    """Embeds the images and texts of one or many queries with at most one model load: archive images use
+    their stored rows, texts seen before come from the query-text cache."""
+
+    def __init__(self, idx, args, flags):
+        from ..modelsetup import setup_for
+
+        self.idx, self.args = idx, args
+        self.setup = setup_for(idx.meta.get("feature_meta"), flags["setup"], activation=flags["activation"],
+                               precision=flags["precision"])
+        self.enc = None
+        self.cache, self.cache_meta = _load_text_cache(idx)
+        self.dirty = False
+
+    def encoder(self):
+        if self.enc is None:
+            self.enc = _load_encoder(self.args.model or _index_model(self.idx), self.args.device, self.setup)
+            if self.idx.model_id is not None and self.enc.model_id != self.idx.model_id:
+                raise ModelMismatchError(f"encoder {self.enc.model_id!r} differs from the index's model "
+                                         f"{self.idx.model_id!r}")
+            if self.idx.meta.get("feature_meta"):
+                from ..features import check_same_model
+
+                check_same_model(self.idx.meta["feature_meta"], self.enc.meta,
+                                 names=(f"index {self.idx.root}", "the query encoder"))
+        return self.enc
+
+    def images(self, names: list[str]) -> dict:
+        out, files = {}, []
+        for name in dict.fromkeys(n for n in names if n):
+            row = _stored_row(self.idx, name)
+            if row is not None and not Path(name).is_file():
+                out[name] = np.asarray(self.idx.rows[row], np.float32)
+            elif not Path(name).is_file():
+                raise DataError(f"query image {name!r}: no such file, and not a path stored in the index "
+                                f"{self.idx.root} (e.g. {self.idx.paths[0] if self.idx.paths is not None else '?'!r})")
+            else:
+                files.append(name)
+        if files:
+            from ..imagesets import load_image
+
+            feats = self.encoder().encode_images([load_image(f) for f in files])
+            out.update({f: np.asarray(v, np.float32) for f, v in zip(files, feats)})
+        return out
+
+    def texts(self, texts: list[str]) -> dict:
+        wanted = list(dict.fromkeys(t for t in texts if t))
+        missing = [t for t in wanted if t not in self.cache]
+        if missing:
+            enc = self.encoder()
+            feats = enc.encode_texts(missing)
+            self.cache.update({t: np.asarray(v, np.float32) for t, v in zip(missing, feats)})
+            self.cache_meta = dict(enc.meta)
+            self.dirty = True
+        return {t: self.cache[t] for t in wanted}
+
+    def close(self):
+        if self.dirty:
+            try:
+                _save_text_cache(self.idx, self.cache, self.cache_meta)
+            except OSError:
+                pass  # a read-only cache folder only costs the next query a model load
+
+
+def _read_batch(path: str, default_lam: float, default_k: int) -> list[dict]:
+    """Rows ``image,text,lam[,k]`` of a batch file (CSV with a header; lam and k optional)."""
+    import csv
+
+    from ..methods import check_lambda as _check_lambda
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"--batch {path}: no such file (a CSV with a header: image,text,lam[,k])")
+    with open(p, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        cols = [c.strip() for c in (reader.fieldnames or [])]
+        if not {"image", "text"} & set(cols):
+            raise DataError(f"{path}:1: header must name the columns image and/or text (and optionally lam, k); "
+                            f"got {cols}")
+        rows = []
+        for line, raw in enumerate(reader, start=2):
+            row = {k.strip(): (v or "").strip() for k, v in raw.items() if k}
+            image, text = row.get("image") or None, row.get("text") or None
+            if image is None and text is None:
+                raise DataError(f"{path}:{line}: empty query (give an image and/or a text)")
+            try:
+                lam = _check_lambda(float(row["lam"])) if row.get("lam") else default_lam
+                k = int(row["k"]) if row.get("k") else default_k
+            except (ValueError, RscirError) as exc:
+                raise DataError(f"{path}:{line}: {exc}") from None
+            if (lam < 1.0 and image is None) or (lam > 0.0 and text is None):
+                raise DataError(f"{path}:{line}: λ={lam:g} needs " + ("an image" if image is None else "a text")
+                                + " (λ=0: image only, λ=1: text only)")
+            rows.append({"query": len(rows) + 1, "image": image, "text": text, "lam": lam, "k": k})
+    if not rows:
+        raise DataError(f"{path}: no queries below the header")
+    return rows
+
+
 def run_search(args) -> int:
+    import time
+
     from ..index import ArchiveIndex
     from ..methods import check_lambda
 
+    t0 = time.perf_counter()
     lam = check_lambda(args.lam)
-    if args.image is None and args.text is None and args.query_features is None:
-        raise DataError("give a query: --image Q.jpg and/or --text TEXT (or --query-features Q.npz)")
+    batch = getattr(args, "batch", None)
+    if batch is None and args.image is None and args.text is None and args.query_features is None:
+        raise DataError("give a query: --image Q.jpg and/or --text TEXT (or --query-features Q.npz, or --batch "
+                        "FILE.csv for many)")
+    if batch is not None and (args.image or args.text or args.query_features):
+        raise DataError("--batch replaces --image/--text/--query-features: put every query in the file")
+    rows = _read_batch(batch, lam, args.k) if batch else None
     idx = ArchiveIndex.load(args.index)
     flags = setup_kwargs(args)
-    q_img, q_txt = query_vectors(idx, args.image, args.text, args.query_features, args.model, args.device,
-                                 flags["activation"], need_image=lam < 1.0, need_text=lam > 0.0, setup=flags["setup"],
-                                 precision=flags["precision"])
-    res = idx.search(q_img, q_txt, lam=lam, k=args.k, mode=args.mode, nprobe=args.nprobe,
-                     depth=args.depth if args.mode == "fast" else None)
-    df = res.to_frame()
-    info = res.info
-    print(f"WeiCom top-{len(res)} of {idx.n} images, λ={lam}, mode={args.mode} "
-          f"(lists: {info.get('lists')}, depth {info.get('read_depth', '-')}, "
-          f"{info.get('candidates', idx.n)} scored exactly{', fallback ' + info['fallback'] if 'fallback' in info else ''}"
-          f"), {1000 * info['seconds']:.1f} ms")
-    with _pd_opts():
-        print(df.to_string(index=False, float_format=lambda v: f"{v:.6f}"))
+    if args.model is not None and idx.model_id is not None and args.model != idx.model_id:
+        query_vectors(idx, model=args.model, device=args.device, activation=flags["activation"], setup=flags["setup"],
+                      precision=flags["precision"])  # refuses another model
+    if rows is None and args.query_features is not None:
+        q_img, q_txt = query_vectors(idx, args.image, args.text, args.query_features, args.model, args.device,
+                                     flags["activation"], need_image=lam < 1.0, need_text=lam > 0.0,
+                                     setup=flags["setup"], precision=flags["precision"])
+        rows = [{"query": 1, "image": args.image, "text": args.text, "lam": lam, "k": args.k, "_vec": (q_img, q_txt)}]
+    elif rows is None:
+        rows = [{"query": 1, "image": args.image if lam < 1.0 else None, "text": args.text if lam > 0.0 else None,
+                 "lam": lam, "k": args.k}]
+    q = _Queries(idx, args, flags)
+    try:
+        images = q.images([r["image"] for r in rows if "_vec" not in r and r["lam"] < 1.0])
+        texts = q.texts([r["text"] for r in rows if "_vec" not in r and r["lam"] > 0.0])
+    finally:
+        q.close()
+    out_rows, search_s = [], 0.0
+    for r in rows:
+        q_img, q_txt = r.get("_vec") or (images.get(r["image"]) if r["lam"] < 1.0 else None,
+                                         texts.get(r["text"]) if r["lam"] > 0.0 else None)
+        res = idx.search(q_img, q_txt, lam=r["lam"], k=r["k"], mode=args.mode, nprobe=args.nprobe,
+                         depth=args.depth if args.mode == "fast" else None)
+        search_s += res.info["seconds"]
+        extra = {"query": r["query"], "image": r["image"] or "", "text": r["text"] or "", "lam": r["lam"]} \
+            if batch else None
+        out_rows += _result_rows(res, extra)
+        info = res.info
+    total = time.perf_counter() - t0
+    if batch:
+        print(f"{len(rows)} queries over {idx.n} images, mode={args.mode}: search {1000 * search_s:.1f} ms in all, "
+              f"{total:.2f} s with loading" + (" the model" if q.enc is not None else " (no model load)"))
+        print(format_table(out_rows, ["query", "image", "text", "lam", *RESULT_COLUMNS]))
+    else:
+        print(f"WeiCom top-{len(out_rows)} of {idx.n} images, λ={lam}, mode={args.mode} "
+              f"(lists: {info.get('lists')}, depth {info.get('read_depth', '-')}, "
+              f"{info.get('candidates', idx.n)} scored exactly"
+              f"{', fallback ' + info['fallback'] if 'fallback' in info else ''}), {1000 * info['seconds']:.1f} ms")
+        print(format_table(out_rows, RESULT_COLUMNS))
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.suffix.lower() == ".json":
-            out.write_text(df.to_json(orient="records", indent=1))
-        else:
-            df.to_csv(out, index=False)
-        print(f"wrote {out}", file=sys.stderr)
+        _write_rows(out_rows, Path(args.out))
+        print(f"wrote {args.out}", file=sys.stderr)
     return 0
-
-
-class _pd_opts:
-    def __enter__(self):
-        import pandas as pd
-
-        self._ctx = pd.option_context("display.max_colwidth", 80, "display.width", 200)
-        self._ctx.__enter__()
-
-    def __exit__(self, *exc):
-        self._ctx.__exit__(*exc)

@@ -3,7 +3,10 @@
     rscir-kit ucm download [--root DIR]                  # UCM images + multi-labels from the original sources
     rscir-kit ucm check [--root DIR]                     # what is there: images, labels, captions, UCM-Com counts
     rscir-kit ucm queries --out ucmcom_queries.csv       # (re)build the published UCM-Com query file
-    rscir-kit ucm captions --features F.npz [--split test] [--captions dataset_rsicd.json --image-dir DIR]
+    rscir-kit ucm captions --features F.npz [--split test] [--captions dataset_rsicd.json] [--ties expected]
+
+``captions``: the split's images are found in ``--features`` by file stem (extract the caption set's image
+folder first); ``--ties`` decides how exactly tied scores are ranked (see ``rscir_kit.metrics``).
 """
 from __future__ import annotations
 
@@ -40,6 +43,9 @@ def register(subparsers) -> None:
     r.add_argument("--split", default="test")
     r.add_argument("--model", default=None, help="text tower; default: the model recorded in --features")
     r.add_argument("--device", default="auto")
+    r.add_argument("--ties", default="stable", choices=("stable", "expected", "optimistic", "pessimistic"),
+                   help="exactly tied scores: stable (archive order, default), expected (mean over random orders), "
+                        "optimistic / pessimistic (bounds)")
     r.add_argument("--out", default=None, metavar="CSV", help="also write the table here")
     r.set_defaults(func=run_captions)
 
@@ -51,7 +57,8 @@ def _root(args) -> Path:
 
 
 def run_download(args) -> int:
-    from ..datasets.ucm import UCMImages, UCMMultiLabel
+    from ..datasets.ucm import UCMCaptions, UCMImages, UCMMultiLabel
+    from ..errors import DataError
 
     root = _root(args)
     if root.exists() and not root.is_dir():
@@ -60,7 +67,10 @@ def run_download(args) -> int:
     images = UCMImages(root, download=True)
     labels = UCMMultiLabel(root, download=True)
     print(f"UC Merced: {len(images)} images in {images.image_dir}; multi-labels: {labels.path}")
-    print("UCM-Captions cannot be downloaded automatically (cloud drives): see `rscir-kit ucm check`.")
+    try:
+        UCMCaptions(root)
+    except DataError:
+        print("UCM-Captions cannot be downloaded automatically (cloud drives): see `rscir-kit ucm check`.")
     return 0
 
 
@@ -114,7 +124,7 @@ def run_captions(args) -> int:
         cs = UCMCaptions(config.data_root() / "ucm").split(args.split)
     model = args.model or feats.meta.get("model") or config.default_model()
     encoder = load_encoder(model, device=args.device)
-    table = recall_table({model: caption_retrieval(cs, feats, encoder)}).round(2)
+    table = recall_table({f"{model} (ties: {args.ties})": caption_retrieval(cs, feats, encoder, ties=args.ties)}).round(2)
     print(table.to_string())
     if args.out:
         table.to_csv(args.out)
