@@ -38,7 +38,9 @@ class DatasetNotFoundError(MissingDataError):
             where += f" (no {looked_for})"
         manual = getattr(dataset, "manual", "") or f"get it from {getattr(dataset, 'url', 'its authors')}"
         if getattr(dataset, "downloadable", False):
-            hint = f"Pass download=True to fetch it from {dataset.url}, or {manual}."
+            cli = getattr(dataset, "download_command", None)  # e.g. "rscir-kit ucm download"
+            how = f"Run `{cli}` (Python: download=True)" if cli else "Pass download=True"
+            hint = f"{how} to fetch it from {dataset.url}, or {manual}."
         else:
             hint = (f"It cannot be downloaded automatically{' (download=True cannot do this step)' if download else ''}:"
                     f" {manual}.")

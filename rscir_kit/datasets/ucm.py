@@ -96,10 +96,12 @@ class UCMImages:
 
     LAYOUTS = ("images", "UCMerced_LandUse/Images", "Images")
     title, url, downloadable = "UC Merced images", UCM_IMAGES_URL, True
+    download_command = "rscir-kit ucm download"
 
     def __init__(self, root: str | os.PathLike | None = None, download: bool = False, strict: bool = True):
         self.root = default_root(root)
-        self.manual = f"download {UCM_IMAGES_URL} by hand and unzip it into {self.root}"
+        self.manual = (f"download {UCM_IMAGES_URL} by hand and unzip it into {self.root} (or put the zip at "
+                       f"{self.root / 'UCMerced_LandUse.zip'}: download=True extracts it)")
         image_dir = self._find()
         if image_dir is None:
             if not download:
@@ -163,6 +165,7 @@ class UCMMultiLabel:
 
     FILENAMES = ("multilabels.tsv", "LandUse_Multilabeled.txt", "multilabels/LandUse_Multilabeled.txt")
     title, url, downloadable = "UCM multi-label annotation", UCM_MULTILABEL_URL, True
+    download_command = "rscir-kit ucm download"
 
     def __init__(self, root: str | os.PathLike | None = None, download: bool = False, path=None):
         self.root = default_root(root)
