@@ -257,6 +257,22 @@ def feature_sum(v, w, alpha: float = 0.5):
     return _out(_unit((1.0 - alpha) * v + alpha * w), is_np)
 
 
+def _stable_topk(s: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices (B, n) of each row's n best entries in the kit's order (descending, ties by lower index):
+    ``torch.topk`` where no tie straddles the n-th place, a stable sort for the rows where one does."""
+    vals, idx = torch.topk(s, n, dim=-1)
+    kth = vals[:, -1:]
+    tied = (s >= kth).sum(dim=-1) > n
+    # order the n found by (score desc, index asc)
+    key = torch.argsort(idx, dim=-1, stable=True)
+    idx, vals = idx.gather(-1, key), vals.gather(-1, key)
+    idx = idx.gather(-1, torch.argsort(vals, dim=-1, descending=True, stable=True))
+    if bool(tied.any()):
+        rows = tied.nonzero(as_tuple=True)[0]
+        idx[rows] = torch.sort(s[rows], dim=-1, descending=True, stable=True).indices[:, :n]
+    return idx
+
+
 def alpha_query_expansion(scores, X, query=None, n: int = 10, alpha: float = 3.0):
     """α-query expansion (Radenović, Tolias & Chum, TPAMI 2019) of any composed ranking.
 
@@ -274,7 +290,7 @@ def alpha_query_expansion(scores, X, query=None, n: int = 10, alpha: float = 3.0
     X, _ = _t(X)
     X = X.to(s.dtype) if torch.is_floating_point(s) and s.dtype == torch.float64 else X
     n = min(int(n), s.shape[-1])
-    top = torch.sort(s, dim=-1, descending=True, stable=True).indices[:, :n]  # (B, n)
+    top = _stable_topk(s, n)                                                  # (B, n), best first
     nb = X[top]                                                               # (B, n, d)
     if query is None:
         anchor, base = nb[:, 0, :], torch.zeros_like(nb[:, 0, :])
@@ -306,10 +322,15 @@ def freedom_words(v, X, vocab_emb, k: int = 20, n: int = 7, m: int = 7, self_thr
     X = np.asarray(X, dtype=np.float32)
     vocab_emb = np.asarray(vocab_emb, dtype=np.float32)
     k, n = min(int(k), len(X)), min(int(n), len(vocab_emb))
-    sim = v @ X.T                                                        # (B, N)
-    near = np.argsort(-sim, axis=1, kind="stable")[:, :k]                # (B, k) proxies, best first
+    near = np.empty((len(v), k), dtype=np.int64)
+    best = np.empty(len(v), dtype=np.float32)
+    Xt = torch.from_numpy(X)
+    for s0 in range(0, len(v), 1024):                                    # (1024, N) similarities at a time
+        sim = torch.from_numpy(v[s0:s0 + 1024]) @ Xt.T
+        near[s0:s0 + 1024] = _stable_topk(sim, k).numpy()                # proxies, best first, kit's tie rule
+        best[s0:s0 + 1024] = sim.amax(dim=1).numpy()
     proxies = X[near]                                                    # (B, k, d)
-    add_self = sim.max(axis=1) < self_threshold
+    add_self = best < self_threshold
     if add_self.any():
         proxies[add_self] = np.concatenate([v[add_self][:, None, :], proxies[add_self][:, :-1, :]], axis=1)
     word_sim = proxies @ vocab_emb.T                                     # (B, k, V)

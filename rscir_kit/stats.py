@@ -344,3 +344,19 @@ def paired_bootstrap(per_pair: pd.DataFrame, images, a, b, by: str | None = None
     return {"a": a, "b": b, "delta": float(pa - pb), "lo": float(np.quantile(d, tail)),
             "hi": float(np.quantile(d, 1 - tail)), "p_value": float((1 + np.sum(d <= 0)) / (1 + len(d))),
             "wins": float(np.mean(d > 0)), "n_boot": int(n_boot), "n_images": int(len(names)), "level": level}
+
+
+def ci_table(ci: pd.DataFrame, by: str | None = "attribute", digits: int = 2, average_label: str = "avg") -> pd.DataFrame:
+    """A :func:`bootstrap_map` table in the Table-2 layout: one row per (method, λ) labelled by
+    :func:`rscir_kit.methods.method_label`, one column per group (+ ``avg`` last), cells ``"45.20 [43.01, 47.52]"``."""
+    from .methods import method_label
+
+    label = [method_label(m, None if pd.isna(lam) else lam) for m, lam in zip(ci["method"], ci["lambda"])]
+    cells = [f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]" for m, lo, hi in zip(ci["map"], ci["lo"], ci["hi"])]
+    frame = pd.DataFrame({"method": label, "group": ci[by] if by else "all", "cell": cells})
+    wide = frame.pivot(index="method", columns="group", values="cell")
+    cols = [c for c in dict.fromkeys(frame["group"]) if c != average_label]
+    cols += [average_label] if average_label in wide.columns else []
+    wide = wide.loc[list(dict.fromkeys(label)), cols]
+    wide.columns.name = None
+    return wide

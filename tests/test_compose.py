@@ -246,3 +246,11 @@ def test_slerp_weights_give_slerp_up_to_its_norm():
         q = cv * v + cw * w
         np.testing.assert_allclose(q / np.linalg.norm(q, axis=1, keepdims=True), compose.slerp(v, w, alpha), atol=1e-5)
         assert (cv >= 0).all() and (cw >= 0).all()   # a positive combination: same ranking as the unit query
+
+
+def test_stable_topk_matches_a_stable_sort_with_ties():
+    rng = np.random.default_rng(9)
+    s = torch.from_numpy(rng.integers(0, 6, (50, 40)).astype(np.float32))  # heavy ties
+    for n in (1, 3, 10, 40):
+        ref = torch.sort(s, dim=-1, descending=True, stable=True).indices[:, :n]
+        assert torch.equal(compose._stable_topk(s, n), ref)

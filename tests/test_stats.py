@@ -176,3 +176,15 @@ def test_paired_bootstrap_known_cases_and_slow_loop():
     assert g["delta"] == pytest.approx(sa["map"].iat[-1] - sb["map"].iat[-1])
     with pytest.raises(ParameterError, match="no rows"):
         paired_bootstrap(both, images, ("missing", None), ("image", None))
+
+
+def test_ci_table_layout():
+    from rscir_kit.stats import ci_table
+
+    per_pair, images = _per_pair()
+    ci = bootstrap_map(per_pair, images, by="attribute", n_boot=50, seed=0)
+    wide = ci_table(ci, by="attribute")
+    assert set(wide.columns[:-1]) == {"a", "b", "c"} and wide.columns[-1] == "avg"
+    assert list(wide.index) == ["Image", "WeiCom (λ=0.5)"]
+    row = ci[(ci["method"] == "image") & (ci["attribute"] == "avg")].iloc[0]
+    assert wide.loc["Image", "avg"] == f"{row['map']:.2f} [{row['lo']:.2f}, {row['hi']:.2f}]"
