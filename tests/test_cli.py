@@ -100,8 +100,15 @@ def test_bad_parameters_give_one_line_and_exit_2(files, command, capsys, monkeyp
 
 def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
     """Before: `rscir-kit index info | head -1` ended in a BrokenPipeError traceback."""
-    (tmp_path / "idx").mkdir()
-    (tmp_path / "idx" / "meta.json").write_text('{"paths": [%s]}' % ", ".join(f'"{i:08d}"' for i in range(200_000)))
+    import numpy as np
+
+    from rscir_kit.index import ArchiveIndex
+
+    x = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    # a long feature-file note makes `index info` print far more than a pipe buffer holds
+    ArchiveIndex.build(x, tmp_path / "idx", paths=[f"a/{i}.jpg" for i in range(20)], labels=["a"] * 20,
+                       model="m-1", feature_meta={"note": "x" * 300_000, "model": "m-1"}, fast="none")
     proc = subprocess.run(f"{sys.executable} -m rscir_kit index info --index {tmp_path / 'idx'} | head -1",
                           shell=True, capture_output=True, text=True, timeout=300)
     assert proc.stdout.strip() == "{" and proc.stderr == "", proc.stderr
