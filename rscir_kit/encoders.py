@@ -612,10 +612,9 @@ def _input_dtype(model, prec: str):
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(prec, torch.float32)
 
 
-#: open_clip's warning when GELU meets a QuickGELU-trained tag, in the wording of every supported version
-#: (3.x: "QuickGELU mismatch between final model config ..."; 2.x: "These pretrained weights were trained with
-#: QuickGELU activation but the model config does not have that enabled ...").
-QUICKGELU_WARNING = r"(QuickGELU mismatch|These pretrained weights were trained with QuickGELU)"
+#: open_clip's warning when GELU meets a QuickGELU-trained tag, in the wording of every supported version (3.x:
+#: "QuickGELU mismatch between final model config ... and pretrained tag ..."; open_clip < 3.3 is not supported).
+QUICKGELU_WARNING = r"QuickGELU mismatch"
 
 
 @contextlib.contextmanager

@@ -123,7 +123,7 @@ def load_benchmark(benchmark: Benchmark, model: str, cache_dir, size: int | None
     def get_encoder():
         nonlocal encoder
         if encoder is None:
-            encoder = load_encoder(model, device=device, setup=setup_name)
+            encoder = load_encoder(model, device=device, setup=setup)
         return encoder
 
     extracted = False

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import config
+from .setup_args import add_setup_args
 from ..errors import DataError
 from . import positive_int
 
@@ -46,6 +47,7 @@ def register(subparsers) -> None:
     r.add_argument("--ties", default="stable", choices=("stable", "expected", "optimistic", "pessimistic"),
                    help="exactly tied scores: stable (archive order, default), expected (mean over random orders), "
                         "optimistic / pessimistic (bounds)")
+    add_setup_args(r, numerics=False, matching="--features")
     r.add_argument("--out", default=None, metavar="CSV", help="also write the table here")
     r.set_defaults(func=run_captions)
 
@@ -122,8 +124,12 @@ def run_captions(args) -> int:
         cs = load_caption_set(args.captions).split(args.split)
     else:
         cs = UCMCaptions(config.data_root() / "ucm").split(args.split)
+    from ..modelsetup import setup_for
+    from .setup_args import setup_kwargs
+
     model = args.model or feats.meta.get("model") or config.default_model()
-    encoder = load_encoder(model, device=args.device)
+    # the text tower is built with the configuration the image features record (flags override it)
+    encoder = load_encoder(model, device=args.device, setup=setup_for(feats.meta, **setup_kwargs(args)))
     table = recall_table({f"{model} (ties: {args.ties})": caption_retrieval(cs, feats, encoder, ties=args.ties)}).round(2)
     print(table.to_string())
     if args.out:
