@@ -260,9 +260,11 @@ def feature_sum(v, w, alpha: float = 0.5):
 def _stable_topk(s: torch.Tensor, n: int) -> torch.Tensor:
     """Indices (B, n) of each row's n best entries in the kit's order (descending, ties by lower index):
     ``torch.topk`` where no tie straddles the n-th place, a stable sort for the rows where one does."""
-    vals, idx = torch.topk(s, n, dim=-1)
-    kth = vals[:, -1:]
-    tied = (s >= kth).sum(dim=-1) > n
+    m = min(n + 1, s.shape[-1])
+    vals, idx = torch.topk(s, m, dim=-1)
+    # a tie straddles the n-th place iff the (n+1)-th largest value equals the n-th
+    tied = vals[:, n] == vals[:, n - 1] if m > n else torch.zeros(len(s), dtype=torch.bool, device=s.device)
+    vals, idx = vals[:, :n], idx[:, :n]
     # order the n found by (score desc, index asc)
     key = torch.argsort(idx, dim=-1, stable=True)
     idx, vals = idx.gather(-1, key), vals.gather(-1, key)

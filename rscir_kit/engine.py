@@ -360,7 +360,7 @@ def _ranking_row(plan: Plan, r: Ranking, img_side: _Side, txt_side: _Side, li, t
 
         base = resolve(spec.base, r.lam, plan.numerics)
         row = _ranking_row(plan, base, img_side, txt_side, li, ti, block)
-        q = _composed_query(plan, base, block) if base.op == "row" else None
+        q = _composed_query(plan, Ranking("raw", "row", (0.0, 0.0), spec.base, r.lam), block)
         qe = dict(spec.qe)
         return alpha_query_expansion(row, plan.X, query=q, n=int(qe["n"]), alpha=float(qe["alpha"])).to(torch.float32)
     entry = registry.REGISTRY[spec.name]

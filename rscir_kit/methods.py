@@ -43,7 +43,7 @@ import scipy.special
 from .errors import ParameterError
 
 NUMERICS = ("kit", "official")
-NORMALIZATIONS = ("none", "zscore", "weicom", "rank", "minmax", "rrf")
+NORMALIZATIONS = ("none", "zscore", "weicom", "rank", "minmax", "rrf", "relu")
 
 
 # ----------------------------------------------------------------------------------- validation
@@ -209,10 +209,14 @@ def _lin_kernel(inputs):
 
 
 def _harris_fusion(a, b, lam):
+    """compose.harris on rectified similarities (norm "relu", applied once per distinct image / text); torch rows
+    in place: −λ(a+b)² + a·b, the same number as a·b − λ(a+b)² up to rounding."""
     from . import compose
 
-    return compose.harris(a.clamp(min=0) if hasattr(a, "clamp") else np.maximum(a, 0),
-                          b.clamp(min=0) if hasattr(b, "clamp") else np.maximum(b, 0), lam)
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return compose.harris(np.maximum(a, 0), np.maximum(b, 0), lam)
+    out = a + b
+    return out.mul_(out).mul_(-float(lam)).addcmul_(a, b)
 
 
 def _slerp_query(v, w, lam, options, state, block):
@@ -227,11 +231,7 @@ def _slerp_rows(ctx):
     from . import compose
 
     cv, cw = compose.slerp_weights(ctx.v, ctx.w, ctx.lam)
-    return cv * ctx.s_img + cw * ctx.s_txt
-
-
-def _feature_sum_rows(ctx):
-    return (1.0 - ctx.lam) * ctx.s_img + ctx.lam * ctx.s_txt
+    return ctx.s_img.mul_(cv).addcmul_(ctx.s_txt, cw)  # the gathered rows are the block's own copies
 
 
 def _feature_sum_query(v, w, lam, options, state, block):
@@ -346,13 +346,15 @@ for _m in (
            kernel=_lin_kernel("rrf"),
            doc="reciprocal-rank fusion, Cormack et al., SIGIR 2009: λ/(60+r_txt) + (1-λ)/(60+r_img) "
                "(λ=0.5: the classic sum; compose.reciprocal_rank_fusion)"),
-    Method("harris", "Harris (BASIC)", _harris_fusion, takes_lambda=True,
+    Method("harris", "Harris (BASIC)", _harris_fusion, norm="relu", takes_lambda=True,
            doc="Harris fusion of BASIC, Psomas et al., NeurIPS 2025 (github billpsomas/icir): "
                "a·b − λ(a+b)² on rectified similarities, λ the Harris weight (official default 0.1); "
                "BASIC's centring/projection/normalisation: rscir_kit.compose"),
     Method("feature-sum", "feature sum", lambda a, b, lam: lam * b + (1.0 - lam) * a, takes_lambda=True,
-           query=_feature_sum_query, rows=_feature_sum_rows,
-           doc="normalised (1-λ)·v + λ·w (WeiMoCIR's query, Wu et al. 2024; λ=0.5 ranks as the raw average)"),
+           query=_feature_sum_query, kernel=_lin_kernel("raw"),
+           doc="normalised (1-λ)·v + λ·w (WeiMoCIR's query, Wu et al. 2024): its similarity row is "
+               "(1-λ)·s_img + λ·s_txt up to the query's norm, ranked by the kernel's 'lin'; λ=0.5 ranks as the "
+               "raw average"),
     Method("slerp", "Slerp", lambda a, b, lam: None, takes_lambda=True, query=_slerp_query, rows=_slerp_rows,
            doc="spherical interpolation of v and w at α=λ, Jang et al., ECCV 2024 (github youngkyunJang/SLERP-TAT)"),
     Method("freedom", "FreeDom", lambda a, b, lam: None, query=_freedom_query, rows=_freedom_rows,

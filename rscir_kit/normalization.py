@@ -12,6 +12,7 @@ exactly as in the WeiCom paper and its official code.
 - ``minmax`` : (s - min) / (max - min); values in [0, 1] (:func:`rscir_kit.compose.minmax`).
 - ``rrf``    : 1 / (60 + r), r the 1-based descending rank, ties by archive order (reciprocal-rank fusion's
   per-list score, :func:`rscir_kit.compose.reciprocal_ranks`).
+- ``relu``   : max(s, 0), the rectification BASIC applies before its Harris fusion.
 """
 from __future__ import annotations
 
@@ -90,6 +91,8 @@ def normalize(scores, method: str = "weicom", dim: int = -1):
         out = _zscore(t, dim)
     elif method == "weicom":
         out = 0.5 * torch.special.erfc(-_zscore(t, dim) * _SQRT1_2)  # Φ(z), accurate for z << 0 too
+    elif method == "relu":
+        out = t.clamp(min=0)
     elif method in ("minmax", "rrf"):  # the field's other normalisations (rscir_kit.compose)
         from . import compose
 
