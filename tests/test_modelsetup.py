@@ -173,3 +173,66 @@ def test_official_pickle_needs_a_stated_activation(tiny, capsys):
     assert main(base + ["--setup", "paper", "--out", str(out)]) == 0
     table = pd.read_csv(out, keep_default_na=False)
     assert set(table["activation"]) == {"gelu"} and set(table["precision"]) == {"fp32"}
+
+
+# ------------------------------------------------------------- issue 10 item 2: same-size weights, other content
+@pytest.fixture(scope="module")
+def twin(tiny, tmp_path_factory):
+    """A second tiny model of the same architecture and file size, other weights (a fine-tune look-alike)."""
+    root, model, images, queries = tiny
+    other = make_tiny_model_dir(tmp_path_factory.mktemp("twin") / "tiny-clip", seed=1)
+    assert (other / "open_clip_model.safetensors").stat().st_size == (model / "open_clip_model.safetensors").stat().st_size
+    return other
+
+
+def test_same_size_weights_are_not_reused_resumed_or_mixed(tiny, twin, tmp_path, capsys):
+    from rscir_kit.encoders import load_encoder
+    from rscir_kit.features import extract_image_features
+
+    root, model, images, queries = tiny
+    a = load_encoder(f"local-dir:{model}", device="cpu")
+    b = load_encoder(f"local-dir:{twin}", device="cpu")
+    assert a.meta["model_name"] == b.meta["model_name"] and a.meta["weights_bytes"] == b.meta["weights_bytes"]
+    assert a.meta["weights_sha256"] != b.meta["weights_sha256"]
+    out = tmp_path / "f.npz"
+    extract_image_features(images, a, out, progress=False)
+    with pytest.raises(ModelMismatchError, match="weights_sha256"):  # reuse of another model's file
+        extract_image_features(images, b, out, progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop(k, n):
+        raise Stop
+
+    part = tmp_path / "p.npz"
+    with pytest.raises(Stop):
+        extract_image_features(images, a, part, chunk_size=4, batch_size=4, progress=False, on_chunk=stop)
+    with pytest.raises(ModelMismatchError, match="weights_sha256"):  # resuming with other weights
+        extract_image_features(images, b, part, chunk_size=4, batch_size=4, progress=False)
+    # evaluate with the look-alike's text tower is refused too
+    capsys.readouterr()
+    assert main(["evaluate", "queries", "--features", str(out), "--queries", str(queries), "--model",
+                 f"local-dir:{twin}", "--device", "cpu", "--quiet"]) == 2
+    assert "weights_sha256" in capsys.readouterr().err
+
+
+def test_search_builds_the_query_encoder_with_the_index_configuration(tiny, capsys):
+    root, model, images, queries = tiny
+    feats = root / "paper.npz"
+    if not feats.exists():
+        assert _extract(tiny, feats, "--setup", "paper") == 0
+    idx = root / "paper_index"
+    assert main(["index", "build", "--features", str(feats), "--out", str(idx), "--fast", "none", "--quiet",
+                 "--setup", "paper", "--overwrite"]) == 0
+    capsys.readouterr()
+    assert main(["search", "--index", str(idx), "--text", "with trees", "--lam", "1", "-k", "3",
+                 "--device", "cpu"]) == 0  # no flags: GELU + fp32 from the index's features
+    capsys.readouterr()
+    assert main(["search", "--index", str(idx), "--text", "with trees", "--lam", "1", "-k", "3", "--device", "cpu",
+                 "--activation", "quickgelu"]) == 2
+    assert "activation" in capsys.readouterr().err
+    assert main(["index", "build", "--features", str(feats), "--out", str(root / "i2"), "--fast", "none", "--quiet",
+                 "--setup", "default"]) == 2
+    err = capsys.readouterr().err
+    assert "was not made with --setup default" in err and len(err.strip().splitlines()) == 1

@@ -297,7 +297,7 @@ class _Queries:
     their stored rows, texts seen before come from the query-text cache."""
 
     def __init__(self, idx, args, flags):
-        from ..modelsetup import setup_for
+        from ..modelsetup import setup_for, setup_of
 
         self.idx, self.args = idx, args
         self.setup = setup_for(idx.meta.get("feature_meta"), flags["setup"], activation=flags["activation"],
@@ -305,6 +305,9 @@ class _Queries:
         self.enc = None
         self.cache, self.cache_meta = _load_text_cache(idx)
         self.dirty = False
+        stored = setup_of(idx.meta.get("feature_meta"))
+        if stored is not None and (self.setup.activation, self.setup.precision) != (stored.activation, stored.precision):
+            self.encoder()  # another configuration than the index's: checked now, never answered from the text cache
 
     def encoder(self):
         if self.enc is None:
