@@ -18,9 +18,24 @@ STANDIN_NAME = "ucm-minilm-standin"
 PAPER_DEFAULT_MODEL = "remoteclip-vit-l-14"
 
 
+def repo_root() -> Path | None:
+    """The repository checkout this package lives in (has ``pyproject.toml`` and ``notebooks/``), or None
+    for an installed copy."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir() else None
+
+
 def _env_path(name: str) -> Path | None:
+    """``$name`` as an absolute path; a relative value is taken relative to the repository root (the documented
+    ``RSCIR_DATA=../shared/data`` works from any folder, e.g. a notebook's), else to the current folder. The
+    environment itself is never rewritten."""
     value = os.environ.get(name, "").strip()
-    return Path(value).expanduser().resolve() if value else None
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = (repo_root() or Path.cwd()) / path
+    return path.resolve()
 
 
 def data_root() -> Path:

@@ -622,7 +622,18 @@ class Ranking:
 def grid_rows(explorer: LambdaExplorer, query, text: str, lambdas: Sequence[float], k: int | None = None,
               images: bool = True) -> list[dict]:
     """Rows for :func:`rscir_kit.plots.qualitative_grid`: one per λ with its top-k (images when ``images``),
-    positive flags, class labels and AP.  Also carries ``topk`` (archive indices) for the record."""
+    positive flags, class labels and AP.  Also carries ``topk`` (archive indices) for the record.
+    The explorer's own selection (what its widget shows) is left as it was."""
+    keep = ("query", "text", "lam", "k", "state")
+    saved = {name: getattr(explorer, name) for name in keep if hasattr(explorer, name)}
+    try:
+        return _grid_rows(explorer, query, text, lambdas, k, images)
+    finally:
+        for name, value in saved.items():
+            setattr(explorer, name, value)
+
+
+def _grid_rows(explorer, query, text, lambdas, k, images) -> list[dict]:
     rows = []
     for lam in lambdas:
         st = explorer.set(query=query, text=text, lam=lam, k=k, curve=False)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import errno
 import glob
 import hashlib
@@ -23,13 +24,20 @@ from typing import Callable
 from .errors import BusyError, DataError, OutputError
 
 
+@functools.cache
 def _umask() -> int:
+    """The process umask, read on first use (not at import). Linux reports it in /proc/self/status; elsewhere it
+    can only be read by setting it, so it is set back at once (done once per process)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-_UMASK = _umask()
 
 
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -102,7 +110,7 @@ def atomic_path(path, suffix: str | None = None):
         os.close(fd)
         try:
             yield Path(tmp)
-            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

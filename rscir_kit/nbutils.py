@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import config, pipeline
+from .config import repo_root
 from .datasets import benchmark_names, get_benchmark
 from .errors import DataError, ParameterError
 from .io import atomic_path, atomic_write
@@ -34,13 +35,6 @@ FIGURE_FORMATS = ("png", "pdf")
 # Environment variables holding paths; a relative value means "relative to the repository root".
 PATH_VARIABLES = ("RSCIR_DATA", "RSCIR_WEIGHTS", "RSCIR_CACHE", "RSCIR_OUTPUT", "HF_HUB_CACHE", "HF_HOME")
 _RESERVED = ("notebook", "params", "figures", "tables")
-
-
-def repo_root() -> Path | None:
-    """The repository checkout this package lives in (has ``pyproject.toml`` and ``notebooks/``), or None
-    for an installed copy."""
-    root = Path(__file__).resolve().parents[1]
-    return root if (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir() else None
 
 
 def absolutize_env(base: Path | None = None, variables: Iterable[str] = PATH_VARIABLES) -> dict[str, str]:
@@ -126,8 +120,9 @@ def setup(notebook: str, *, dataset: str = "ucmcom", data_root=None, model: str 
     ``$RSCIR_OUTPUT/<notebook>``, ``device`` ``"auto"`` ← ``$RSCIR_DEVICE``, ``size`` ← ``$RSCIR_SIZE`` (a
     quick-run knob for CI tools that cannot pass parameters, e.g. ``pytest --nbval-lax``; unset = full run),
     ``setup`` ← ``"default"`` (``"paper"``: GELU + fp32 + official numerics), ``reference_source`` ←
-    ``"readme-current"``, ``ap_decimals`` ← None (exact). Creates the output folder."""
-    absolutize_env()
+    ``"readme-current"``, ``ap_decimals`` ← None (exact). Creates the output folder. Relative paths (parameters
+    and the variables) are taken relative to the repository root; the environment is not rewritten (the notebook
+    runner passes absolute paths to its kernels, :func:`absolutize_env`)."""
     if size is None and os.environ.get("RSCIR_SIZE", "").strip():
         try:
             size = int(os.environ["RSCIR_SIZE"])

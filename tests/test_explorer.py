@@ -252,3 +252,14 @@ def test_grid_rows_mark_the_query_and_positives(world):
     assert rows[0]["topk"][0] == 0 and rows[0]["labels"][0] == "c0 (query)"  # the query ranks first on its own
     assert rows[1]["positive"] == [True] * 4 and rows[1]["ap"] == pytest.approx(1.0)
     assert rows[0]["images"] == rows[0]["paths"] == [archive.paths[i] for i in rows[0]["topk"]]
+
+
+def test_grid_rows_leave_the_explorer_selection_alone(world):
+    """Before: grid_rows moved the explorer to the last λ of the grid (its widget then showed another state)."""
+    from rscir_kit.explorer import grid_rows
+
+    archive, qs, texts = world
+    ex = LambdaExplorer(archive, queries=qs, texts=texts, k=4)
+    before = ex.set(query=1, text="other", lam=0.3)
+    grid_rows(ex, 0, "with e1", [0.0, 1.0], images=False)
+    assert ex.state is before and (ex.query, ex.text, ex.lam) == (archive.paths[1], "other", 0.3)

@@ -145,3 +145,12 @@ def test_first_run_downloads_ucm_when_absent(env, monkeypatch):
     p = nbutils.setup("01_x", size=2)
     coll = get_benchmark(p.dataset, data_root=p.data_root, download=True).archive(p.size)
     assert calls == [env / "data" / "ucm"] and len(coll) == 42 and coll.paths[0] == "agricultural/agricultural00.tif"
+
+
+def test_setup_resolves_relative_variables_without_rewriting_the_environment(env, monkeypatch):
+    """Before: every setup() rewrote os.environ (hidden global state); now the paths are resolved, the env kept."""
+    monkeypatch.setenv("RSCIR_DATA", "../shared/data")
+    monkeypatch.chdir(env)
+    p = nbutils.setup("01_x")
+    assert p.data_root == (nbutils.repo_root() / "../shared/data").resolve()
+    assert os.environ["RSCIR_DATA"] == "../shared/data"
