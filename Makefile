@@ -14,7 +14,7 @@ ifneq ($(wildcard $(SHARED)/data/README.md),)
 endif
 export MPLBACKEND ?= Agg
 
-.PHONY: main lab explorer test install clean-outputs
+.PHONY: main lab explorer test test-fast test-nbval install clean-outputs
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,10 +44,19 @@ explorer: $(BIN)/.installed
 	RSCIR_OUTPUT="$(LAB_OUTPUT)" PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" \
 	  $(BIN)/voila notebooks/06_lambda_explorer.ipynb --port=$(PORT) --no-browser $(VOILA_ARGS)
 
-# pytest (incl. papermill runs of every notebook on small data, with assertions on their results), then
-# nbval executes the committed notebooks top to bottom with RSCIR_SIZE=5 into a scratch folder.
+# Test tiers (README "Tests"):
+#   make test       everything, as CI runs it: unit tests, import contracts (lint-imports), the CLI, and papermill
+#                   runs of every notebook on small data with assertions on their results (each notebook executes
+#                   once; tests/test_notebooks.py checks that every committed notebook is among them)
+#   make test-fast  the edit loop (under a minute): no slow tests (real images, models, notebooks)
+#   make test-nbval the committed notebooks once more through nbval with RSCIR_SIZE=5 (optional; not in make test)
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -m "not slow" -q -p no:cacheprovider
+
+test-nbval: $(BIN)/.installed
 	scratch=$$(mktemp -d) && RSCIR_SIZE=5 RSCIR_OUTPUT=$$scratch/nbval RSCIR_CACHE=$$scratch/cache \
 	  $(BIN)/python -m pytest --nbval-lax notebooks/ -p no:cacheprovider -q && rm -rf $$scratch
 

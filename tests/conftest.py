@@ -1,5 +1,10 @@
 """Shared fixtures. Real offline data/weights are found through RSCIR_DATA / RSCIR_WEIGHTS, falling back to
-``../shared`` beside the repository (the CI layout); tests needing them skip cleanly when absent."""
+``../shared`` beside the repository (the CI layout).
+
+Tiers: the core tests run everywhere on generated fixtures. Tests that check the *real* files or the stand-in
+model (they use the ``shared_data`` / ``standin_spec`` / ``patternnet_filelist`` fixtures) form the ``realdata``
+tier: marked automatically, and not collected on a clean clone without the data (the session header says how
+many and how to run them), so nothing skips."""
 from __future__ import annotations
 
 import os
@@ -50,3 +55,31 @@ def standin_spec() -> str:
     if SHARED_WEIGHTS is None or not (SHARED_WEIGHTS / "ucm-minilm-standin").is_dir():
         pytest.skip("stand-in weights not found: set RSCIR_WEIGHTS (see README)")
     return f"local-dir:{SHARED_WEIGHTS / 'ucm-minilm-standin'}"
+
+
+REAL_FIXTURES = {"shared_data": SHARED_DATA, "patternnet_filelist": SHARED_DATA, "standin_spec": SHARED_WEIGHTS}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests that use real data or the stand-in as ``realdata``; without that data, deselect them."""
+    kept, dropped = [], []
+    for item in items:
+        needs = [name for name in REAL_FIXTURES if name in getattr(item, "fixturenames", ())]
+        if needs:
+            item.add_marker(pytest.mark.realdata)
+        if any(REAL_FIXTURES[name] is None for name in needs):
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+        config._rscir_realdata_dropped = len(dropped)
+
+
+def pytest_report_header(config):
+    missing = [env for env, found in (("RSCIR_DATA", SHARED_DATA), ("RSCIR_WEIGHTS", SHARED_WEIGHTS)) if found is None]
+    if missing:
+        return (f"realdata tier not run: {' and '.join(missing)} not found (tests of the real files / stand-in model "
+                "are deselected; set the variables, see README 'Tests')")
+    return "realdata tier: on (real offline data and stand-in found)"
