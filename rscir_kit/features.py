@@ -25,10 +25,13 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from . import __version__
 from .errors import DataError, ModelMismatchError
-from .io import atomic_write
+from .imagesets import ImageCollection, decode_image
+from .io import atomic_write, output_errors, remove_temp_files, run_lock, write_text_atomic
+from .modelsetup import describe_config, flags_for
 from .names import match_names
 
 # Keys compared by check_same_model (the configuration, see rscir_kit.modelsetup); STRICT_KEYS are added for
@@ -89,8 +92,6 @@ def check_rows(feats: np.ndarray, meta: dict, source: str, names=None) -> np.nda
 
 
 def _describe(meta: dict) -> str:
-    from .modelsetup import describe_config
-
     return describe_config(meta)
 
 
@@ -109,8 +110,6 @@ def check_same_model(meta_a: dict, meta_b: dict, strict: bool = False, names: tu
     preprocessing and dtype (used for resuming/reusing an extraction). Metadata without a model (an official pickle
     loaded without ``model=``) only triggers a warning.
     """
-    from .modelsetup import flags_for
-
     unknown = [n for n, m in zip(names, (meta_a, meta_b)) if not (m.get("model_name") or m.get("model"))]
     if unknown:
         warnings.warn(f"cannot verify that {' and '.join(unknown)} come from the same model (no model recorded, e.g. an "
@@ -374,9 +373,6 @@ def extract_image_features(collection, encoder, out, batch_size: int = 64, resum
     A lock (``.<out>.lock``, filelock) keeps a second run on the same ``out`` out (BusyError); the temp files and
     ``.partial/`` leftovers of killed runs are cleaned. ``on_chunk(k, n_chunks)`` runs after chunk k is saved.
     """
-    from .imagesets import ImageCollection
-    from .io import run_lock
-
     coll = ImageCollection.from_any(collection)
     out = Path(out)
     if batch_size < 1 or (chunk_size is not None and chunk_size < 1):
@@ -392,10 +388,6 @@ def extract_image_features(collection, encoder, out, batch_size: int = 64, resum
 
 def _extract_locked(coll, encoder, out, batch_size, resume, progress, chunk_size, on_chunk, on_error, workers,
                     content_hash) -> ImageFeatures:
-    from tqdm.auto import tqdm
-
-    from .io import output_errors, remove_temp_files
-
     partial = _partial_dir(out)
     remove_temp_files(out)  # killed final writes (we hold the lock: no live run owns them)
     keys = coll.file_keys(content_hash)
@@ -521,8 +513,6 @@ def _decoded_batches(coll, encoder, batches, workers):
     runs; batches are stacked by one collating thread, into pinned memory and copied without blocking on CUDA.
     A ``preprocess`` returning numpy arrays gets numpy batches (torch is then never imported).
     """
-    from .imagesets import decode_image
-
     if not batches:
         return
     device = getattr(encoder, "device", None)
@@ -603,8 +593,6 @@ def _read_manifest(partial: Path) -> dict | None:
 
 
 def _write_bad_files(out: Path, coll, bad: dict) -> None:
-    from .io import write_text_atomic
-
     lines = ["path\treason"] + [f"{coll.paths[i]}\t{' '.join(bad[i].split())}" for i in sorted(bad)]
     write_text_atomic(bad_files_path(out), "\n".join(lines) + "\n")
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError, ParameterError
 
@@ -107,8 +108,6 @@ def load_image(path, decoding: ImageDecoding | None = None) -> "Image.Image":
 
 def decode_image(path, decoding: ImageDecoding | None = None):
     """(RGB PIL image, converted) where ``converted`` tells that a high-bit stretch or band selection was applied."""
-    from PIL import Image, UnidentifiedImageError
-
     dec = decoding or DEFAULT_DECODING
     path = Path(path)
     if not path.is_file():
@@ -454,8 +453,6 @@ def _file_sha256(path: Path) -> str:
 
 def _raw_array(path: Path, dec: ImageDecoding) -> np.ndarray | None:
     """Band-selected pixel values of a high-bit image before any stretch (None for 8-bit RGB files)."""
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             im.load()

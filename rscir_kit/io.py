@@ -11,15 +11,20 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import errno
+import functools
 import glob
 import hashlib
+import http.client
 import os
 import tempfile
+import urllib.request
 import warnings
 from pathlib import Path
 from typing import Callable
+
+from filelock import FileLock, Timeout
+from tqdm.auto import tqdm
 
 from .errors import BusyError, DataError, OutputError
 
@@ -149,8 +154,6 @@ def lock_path(path) -> Path:
 @contextlib.contextmanager
 def run_lock(path, what: str = "run"):
     """Hold the lock of output ``path`` for the block; BusyError at once if another process holds it."""
-    from filelock import FileLock, Timeout
-
     path = Path(path)
     lock_file = lock_path(path)
     with output_errors(lock_file, "lock file"):
@@ -202,11 +205,6 @@ def download_file(url: str, dest: Path, md5: str | None = None, desc: str | None
     ``md5``: expected digest; a mismatch only warns (callers verify the content's structure).
     Raises DataError (with the URL) when the download fails.
     """
-    import http.client
-    import urllib.request
-
-    from tqdm.auto import tqdm
-
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")

@@ -21,11 +21,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import config, pipeline
+import numpy as np
+
+from . import config, pipeline, reference
 from .config import repo_root
 from .datasets import benchmark_names, get_benchmark
 from .errors import DataError, ParameterError
 from .io import atomic_path, atomic_write
+from .modelsetup import resolve_setup
 from .pipeline import BenchmarkData
 
 DATASETS = tuple(benchmark_names("composed"))  # the notebooks' dataset= values (the registry)
@@ -81,8 +84,6 @@ class NotebookParams:
     @property
     def model_setup(self):
         """The :class:`~rscir_kit.modelsetup.ModelSetup` named by ``setup``."""
-        from .modelsetup import resolve_setup
-
         return resolve_setup(self.setup)
 
     @property
@@ -141,9 +142,6 @@ def setup(notebook: str, *, dataset: str = "ucmcom", data_root=None, model: str 
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     if device in (None, "", "auto"):
         device = config.default_device()
-    from . import reference
-    from .modelsetup import resolve_setup
-
     setup = resolve_setup(setup or "default").name
     reference_source = reference_source or reference.DEFAULT_SOURCE
     if reference_source not in reference.SOURCES:
@@ -182,10 +180,6 @@ def _path(value) -> Path:
 
 def _jsonable(value):
     """Convert numpy / pandas / Path values to plain JSON; NaN and ±inf become None."""
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        np = None
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set)):
@@ -194,11 +188,10 @@ def _jsonable(value):
         return str(value)
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return value
-    if np is not None:
-        if isinstance(value, np.ndarray):
-            return _jsonable(value.tolist())
-        if isinstance(value, np.generic):
-            return _jsonable(value.item())
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
     if hasattr(value, "to_dict") and hasattr(value, "columns"):  # DataFrame
         return _jsonable(value.to_dict(orient="records"))
     if isinstance(value, float):

@@ -38,7 +38,7 @@ import pandas as pd
 from ..config import data_root as default_data_root
 from ..errors import DataError, DatasetNotFoundError, ParameterError
 from ..imagesets import ImageCollection
-from ..io import read_text
+from ..io import atomic_path, read_text
 from ..names import NameIndex
 from ..queries import QuerySet
 from .base import Benchmark
@@ -297,8 +297,6 @@ def write_official_csvs(per_pair: pd.DataFrame, out_dir, model_name: str, ks=(5,
                         decimals: int | None = 2, dataset: str = "patternnet") -> list[Path]:
     """Write :func:`official_tables` as the official code names its files:
     ``<out_dir>/<dataset>_metrics_<model_name>_lambda<λ>_<attribute>.csv``; returns the paths."""
-    from ..io import atomic_path
-
     out_dir = Path(out_dir)
     written = []
     for (lam, attribute), table in official_tables(per_pair, ks, decimals).items():

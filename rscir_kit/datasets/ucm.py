@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+import pandas as pd
 
 from ..config import data_root
 from ..errors import DataError, DatasetNotFoundError
@@ -250,8 +251,6 @@ class UCMMultiLabel:
 
     def counts(self):
         """DataFrame (class × label) of how many images of each class carry each label."""
-        import pandas as pd
-
         df = pd.DataFrame(self.matrix.astype(int), columns=list(self.labels))
         df.insert(0, "class", self.classes)
         return df.groupby("class").sum()
