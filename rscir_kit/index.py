@@ -77,7 +77,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, RscirError
+from .errors import DataError, ModelMismatchError, RscirError
+from .features import check_same_model
+from .imagesets import load_image
 from .methods import check_lambda, upper_tail
 from .methods import weicom_tail as methods_weicom_tail
 
@@ -547,6 +549,71 @@ class ArchiveIndex:
         return 1.01 * g * self.stats.max_norm * float(np.linalg.norm(q.astype(np.float64))) + _TINY
 
     # ------------------------------------------------------------------ search
+    def encode_query(self, image=None, text=None, query_features=None, model: str | None = None, device=None,
+                     setup=None, activation=None, precision=None, need_image: bool = True, need_text: bool = True,
+                     load_encoder=None) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(image vector | None, text vector | None) for :meth:`search`, encoded with the index's model.
+
+        ``image``: an image file, or the relative path of an archive image (its stored row is used); ``text``: the
+        modifier; ``query_features``: an ``.npz`` with ``image`` and/or ``text`` (d,) and optionally ``model``.
+        The encoder is built with the configuration stored in the index's features (``setup`` / ``activation`` /
+        ``precision`` override it; ``load_encoder(spec, device, setup)`` defaults to
+        :func:`rscir_kit.encoders.load_encoder`). Refuses (ModelMismatchError) a ``model``, a configuration or
+        precomputed features from another model than the index's: similarities across models are meaningless.
+        """
+        from .modelsetup import setup_for
+
+        if load_encoder is None:
+            def load_encoder(spec, dev, chosen):
+                from .encoders import load_encoder as load  # open_clip/torch only when a query must be encoded
+
+                return load(spec, device=dev or "auto", setup=chosen)
+        chosen = setup_for(self.meta.get("feature_meta"), setup, activation=activation, precision=precision)
+        q_img = q_txt = None
+        if query_features is not None:
+            with np.load(query_features, allow_pickle=False) as z:
+                qmodel = str(z["model"]) if "model" in z.files else None
+                q_img = np.asarray(z["image"], np.float32).reshape(-1) if "image" in z.files else None
+                q_txt = np.asarray(z["text"], np.float32).reshape(-1) if "text" in z.files else None
+            if qmodel and self.model_id and qmodel != self.model_id:
+                raise ModelMismatchError(f"{query_features} was encoded with {qmodel!r} but the index {self.root} holds "
+                                         f"{self.model_id!r} embeddings: encode the query with the index's model")
+        enc = None
+        if model is not None and self.model_id is not None and model != self.model_id:
+            enc = load_encoder(model, device, chosen)
+            if enc.model_id != self.model_id:
+                raise ModelMismatchError(
+                    f"--model {model!r} ({enc.model_id}) differs from the model of index {self.root} "
+                    f"({self.model_id}): similarities across models are meaningless. Drop --model to use the index's "
+                    "model, or build an index from features of this model")
+        if image is not None and need_image and q_img is None:
+            row = self._stored_row(image)
+            if row is not None and not Path(image).is_file():
+                q_img = np.asarray(self.rows[row], np.float32)
+            else:
+                pil = load_image(image)
+                enc = enc or load_encoder(model or self._model_for_queries(), device, chosen)
+                q_img = enc.encode_images([pil])[0]
+        if text is not None and need_text and q_txt is None:
+            enc = enc or load_encoder(model or self._model_for_queries(), device, chosen)
+            q_txt = enc.encode_texts([text])[0]
+        if enc is not None and self.model_id is not None and enc.model_id != self.model_id:
+            raise ModelMismatchError(f"encoder {enc.model_id!r} differs from the index's model {self.model_id!r}")
+        if enc is not None and self.meta.get("feature_meta"):
+            check_same_model(self.meta["feature_meta"], enc.meta, names=(f"index {self.root}", "the query encoder"))
+        return q_img, q_txt
+
+    def _stored_row(self, name: str) -> int | None:
+        if self.paths is None:
+            return None
+        hits = np.flatnonzero(self.paths == name)
+        return int(hits[0]) if len(hits) else None
+
+    def _model_for_queries(self) -> str:
+        if not self.model_id:
+            raise DataError(f"index {self.root} records no model; pass --model (the one its features were made with)")
+        return self.model_id
+
     def search(self, image_feat=None, text_feat=None, lam: float = 0.5, k: int = 20, mode: str = "exact",
                nprobe: int | None = None, depth: int | None = None) -> SearchResult:
         """Top-k archive rows for the composed query (image_feat, text_feat) under WeiCom with weight λ.

@@ -128,68 +128,12 @@ def _load_encoder(spec, device, setup):
     return load_encoder(spec, device=device or "auto", setup=setup)
 
 
-def _stored_row(idx, name: str) -> int | None:
-    if idx.paths is None:
-        return None
-    hits = np.flatnonzero(idx.paths == name)
-    return int(hits[0]) if len(hits) else None
-
-
 def query_vectors(idx, image=None, text=None, query_features=None, model=None, device=None, activation=None,
                   need_image=True, need_text=True, setup=None, precision=None):
-    """(image vector | None, text vector | None) for a search, encoding with the index's model when needed.
-
-    The query encoder is built with the configuration stored in the index's features (``setup`` / ``activation`` /
-    ``precision`` override it). Refuses (ModelMismatchError) a ``model``, configuration or precomputed query
-    features from another model than the index's.
-    """
-    from ..modelsetup import setup_for
-
-    chosen = setup_for(idx.meta.get("feature_meta"), setup, activation=activation, precision=precision)
-    q_img = q_txt = None
-    if query_features is not None:
-        with np.load(query_features, allow_pickle=False) as z:
-            qmodel = str(z["model"]) if "model" in z.files else None
-            q_img = np.asarray(z["image"], np.float32).reshape(-1) if "image" in z.files else None
-            q_txt = np.asarray(z["text"], np.float32).reshape(-1) if "text" in z.files else None
-        if qmodel and idx.model_id and qmodel != idx.model_id:
-            raise ModelMismatchError(f"{query_features} was encoded with {qmodel!r} but the index {idx.root} holds "
-                                     f"{idx.model_id!r} embeddings: encode the query with the index's model")
-    if model is not None and idx.model_id is not None and model != idx.model_id:
-        enc = _load_encoder(model, device, chosen)
-        if enc.model_id != idx.model_id:
-            raise ModelMismatchError(
-                f"--model {model!r} ({enc.model_id}) differs from the model of index {idx.root} "
-                f"({idx.model_id}): similarities across models are meaningless. Drop --model to use the index's "
-                "model, or build an index from features of this model")
-    else:
-        enc = None
-    if image is not None and need_image and q_img is None:
-        row = _stored_row(idx, image)
-        if row is not None and not Path(image).is_file():
-            q_img = np.asarray(idx.rows[row], np.float32)
-        else:
-            from ..imagesets import load_image
-
-            pil = load_image(image)
-            enc = enc or _load_encoder(model or _index_model(idx), device, chosen)
-            q_img = enc.encode_images([pil])[0]
-    if text is not None and need_text and q_txt is None:
-        enc = enc or _load_encoder(model or _index_model(idx), device, chosen)
-        q_txt = enc.encode_texts([text])[0]
-    if enc is not None and idx.model_id is not None and enc.model_id != idx.model_id:
-        raise ModelMismatchError(f"encoder {enc.model_id!r} differs from the index's model {idx.model_id!r}")
-    if enc is not None and idx.meta.get("feature_meta"):
-        from ..features import check_same_model
-
-        check_same_model(idx.meta["feature_meta"], enc.meta, names=(f"index {idx.root}", "the query encoder"))
-    return q_img, q_txt
-
-
-def _index_model(idx) -> str:
-    if not idx.model_id:
-        raise DataError(f"index {idx.root} records no model; pass --model (the one its features were made with)")
-    return idx.model_id
+    """:meth:`rscir_kit.index.ArchiveIndex.encode_query` with the CLI's encoder loader (tests substitute it)."""
+    return idx.encode_query(image, text, query_features, model=model, device=device, setup=setup,
+                            activation=activation, precision=precision, need_image=need_image, need_text=need_text,
+                            load_encoder=_load_encoder)
 
 
 RESULT_COLUMNS = ("rank", "index", "score", "s_img", "s_txt", "path", "label")
