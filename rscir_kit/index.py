@@ -587,15 +587,15 @@ class ArchiveIndex:
                     f"({self.model_id}): similarities across models are meaningless. Drop --model to use the index's "
                     "model, or build an index from features of this model")
         if image is not None and need_image and q_img is None:
-            row = self._stored_row(image)
+            row = self.row_of(image)
             if row is not None and not Path(image).is_file():
                 q_img = np.asarray(self.rows[row], np.float32)
             else:
                 pil = load_image(image)
-                enc = enc or load_encoder(model or self._model_for_queries(), device, chosen)
+                enc = enc or load_encoder(model or self.query_model(), device, chosen)
                 q_img = enc.encode_images([pil])[0]
         if text is not None and need_text and q_txt is None:
-            enc = enc or load_encoder(model or self._model_for_queries(), device, chosen)
+            enc = enc or load_encoder(model or self.query_model(), device, chosen)
             q_txt = enc.encode_texts([text])[0]
         if enc is not None and self.model_id is not None and enc.model_id != self.model_id:
             raise ModelMismatchError(f"encoder {enc.model_id!r} differs from the index's model {self.model_id!r}")
@@ -603,13 +603,15 @@ class ArchiveIndex:
             check_same_model(self.meta["feature_meta"], enc.meta, names=(f"index {self.root}", "the query encoder"))
         return q_img, q_txt
 
-    def _stored_row(self, name: str) -> int | None:
+    def row_of(self, name: str) -> int | None:
+        """Row of the archive path ``name`` stored in the index, or None."""
         if self.paths is None:
             return None
         hits = np.flatnonzero(self.paths == name)
         return int(hits[0]) if len(hits) else None
 
-    def _model_for_queries(self) -> str:
+    def query_model(self) -> str:
+        """The model queries must be encoded with (DataError when the index records none)."""
         if not self.model_id:
             raise DataError(f"index {self.root} records no model; pass --model (the one its features were made with)")
         return self.model_id

@@ -255,7 +255,7 @@ class _Queries:
 
     def encoder(self):
         if self.enc is None:
-            self.enc = _load_encoder(self.args.model or _index_model(self.idx), self.args.device, self.setup)
+            self.enc = _load_encoder(self.args.model or self.idx.query_model(), self.args.device, self.setup)
             if self.idx.model_id is not None and self.enc.model_id != self.idx.model_id:
                 raise ModelMismatchError(f"encoder {self.enc.model_id!r} differs from the index's model "
                                          f"{self.idx.model_id!r}")
@@ -269,7 +269,7 @@ class _Queries:
     def images(self, names: list[str]) -> dict:
         out, files = {}, []
         for name in dict.fromkeys(n for n in names if n):
-            row = _stored_row(self.idx, name)
+            row = self.idx.row_of(name)
             if row is not None and not Path(name).is_file():
                 out[name] = np.asarray(self.idx.rows[row], np.float32)
             elif not Path(name).is_file():
