@@ -201,7 +201,8 @@ class Encoder:
 
     def __repr__(self) -> str:
         return (f"Encoder({self.model_id!r}, d={self.embed_dim}, image_size={self.image_size}, "
-                f"activation={self.meta['activation']}, device={self.device}, dtype={self.meta['dtype']})")
+                f"setup={self.meta.get('setup')}, activation={self.meta['activation']}, device={self.device}, "
+                f"dtype={self.meta['dtype']})")
 
     def _run(self, fn: Callable, x):
         import torch

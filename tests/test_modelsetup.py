@@ -236,3 +236,25 @@ def test_search_builds_the_query_encoder_with_the_index_configuration(tiny, caps
                  "--setup", "default"]) == 2
     err = capsys.readouterr().err
     assert "was not made with --setup default" in err and len(err.strip().splitlines()) == 1
+
+
+def test_flags_cannot_relabel_features_made_otherwise(tiny, capsys):
+    root, model, images, queries = tiny
+    feats = root / "default.npz"
+    if not feats.exists():
+        assert _extract(tiny, feats) == 0
+    (root / "t.txt").write_text("with trees\n")
+    assert main(["encode-text", "--texts-file", str(root / "t.txt"), "--out", str(root / "match.npz"),
+                 "--features", str(feats), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    # default features (fp32 on CPU, the tiny model's GELU) evaluated "--setup paper": only the numerics may change,
+    # and the run is then called by what it is
+    out = root / "relabel.csv"
+    assert main(["evaluate", "queries", "--features", str(feats), "--queries", str(queries), "--text-features",
+                 str(root / "match.npz"), "--numerics", "official", "--out", str(out), "--quiet"]) == 0
+    table = pd.read_csv(out, keep_default_na=False)
+    assert set(table["numerics"]) == {"official"} and set(table["setup"]) == {"paper"}  # gelu + fp32 + official
+    assert main(["evaluate", "queries", "--features", str(feats), "--queries", str(queries), "--text-features",
+                 str(root / "match.npz"), "--activation", "quickgelu", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "was made with activation=gelu, but the flags ask activation=quickgelu" in err

@@ -165,18 +165,39 @@ def _load(args) -> Loaded:
     query_features = ImageFeatures.load(args.query_features) if args.query_features else None
     flags = setup_kwargs(args)
     device = args.device or config.default_device()
+    if archive.meta.get("imported") == "official pickle" and not args.text_features:
+        texts, chosen = _pickle_text_encoder(args, archive, flags, device)
+        return Loaded(archive, query_features, texts, chosen.numerics, chosen.name)
+    chosen = setup_for(archive.meta, **flags)
+    name = _run_setup_name(args.features, archive.meta, chosen)
     if args.text_features:
         texts = TextFeatures.load(args.text_features)
-        chosen = setup_for(archive.meta, **flags)
-    elif archive.meta.get("imported") == "official pickle":
-        texts, chosen = _pickle_text_encoder(args, archive, flags, device)
     else:
         model = args.model or archive.meta.get("model") or archive.meta.get("model_name")
         if not model:
             raise DataError(f"{args.features} records no model; pass --model or --text-features")
-        chosen = setup_for(archive.meta, **flags)
         texts = load_encoder(model, device=device, setup=chosen)
-    return Loaded(archive, query_features, texts, chosen.numerics, chosen.name)
+    return Loaded(archive, query_features, texts, chosen.numerics, name)
+
+
+def _run_setup_name(path, meta: dict, chosen) -> str:
+    """The setup a run really has: the features' activation and precision (flags may not contradict them: that
+    would relabel features made otherwise) with the numerics of this evaluation."""
+    from ..errors import ModelMismatchError
+    from ..modelsetup import ModelSetup, flags_for, resolve_setup, setup_of
+
+    stored = setup_of(meta)
+    if stored is None:
+        return chosen.name
+    for field in ("activation", "precision"):
+        want, got = getattr(chosen, field), getattr(stored, field)
+        if want != "auto" and got != "auto" and want != got:
+            raise ModelMismatchError(f"{path} was made with {field}={got}, but the flags ask {field}={want}: evaluate "
+                                     f"it as made ({flags_for(meta)}, any --numerics), or re-extract it with "
+                                     f"rscir-kit extract ... --{field} {want}")
+    if chosen.numerics == stored.numerics:
+        return stored.name
+    return resolve_setup(ModelSetup("run", stored.activation, stored.precision, chosen.numerics)).name
 
 
 def _pickle_text_encoder(args, archive, flags, device):
