@@ -443,3 +443,47 @@ def slerp_weights(v, w, alpha: float = 0.5, threshold: float = SLERP_THRESHOLD):
     cv = torch.where(close, torch.full_like(dot, 1.0 - alpha), torch.sin((1.0 - alpha) * theta) / sin)
     cw = torch.where(close, torch.full_like(dot, alpha), torch.sin(alpha * theta) / sin)
     return _out(cv, is_np), _out(cw, is_np)
+
+
+CAPTIONS_FORMAT = 1
+
+
+def save_captions(path, archive_paths: Sequence[str], descriptions: Sequence[Sequence[str]], captioner: str = ""):
+    """Write the archive's captions (a captioner's output, one list per image) as JSON for WeiMoCIR:
+    ``{"format": 1, "captioner": …, "captions": {archive path: [description, …]}}`` (atomic write)."""
+    import json
+    from pathlib import Path
+
+    from .io import atomic_path
+
+    if len(archive_paths) != len(descriptions):
+        raise ParameterError(f"{len(descriptions)} description lists for {len(archive_paths)} archive images")
+    data = {"format": CAPTIONS_FORMAT, "captioner": str(captioner),
+            "captions": {str(p): [str(t) for t in d] for p, d in zip(archive_paths, descriptions)}}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+    return path
+
+
+def load_captions(path, archive_paths: Sequence[str]) -> list[list[str]]:
+    """The captions of ``archive_paths`` (in that order) from a :func:`save_captions` file; DataError naming the
+    file and the first images it lacks."""
+    import json
+    from pathlib import Path
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"captions file {path} not found; caption the archive first (rscir_kit.compose.save_captions "
+                        "with the output of any captioner)") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not a captions file ({exc})") from None
+    caps = data.get("captions") if isinstance(data, dict) else None
+    if data.get("format") != CAPTIONS_FORMAT or not isinstance(caps, dict):
+        raise DataError(f"{path}: not a rscir-kit captions file (format {CAPTIONS_FORMAT} with a 'captions' mapping)")
+    missing = [p for p in map(str, archive_paths) if p not in caps]
+    if missing:
+        raise DataError(f"{path}: no captions for {len(missing)} archive image(s), e.g. {missing[:3]}; caption the "
+                        "whole archive")
+    return [list(caps[str(p)]) for p in archive_paths]

@@ -335,6 +335,29 @@ def _freedom_rows(ctx):
     return out
 
 
+def _weimocir_prepare(ctx, options):
+    """WeiMoCIR's archive side: M = (1-β)·X + β·C̄, C̄ the mean caption embedding of every archive image (from a
+    captions file made with any captioner, rscir_kit.compose.save_captions), so a query's score row is q·M."""
+    from . import compose
+
+    if not options.get("captions"):
+        raise ParameterError("weimocir needs the archive's captions: 'weimocir:captions=FILE.json' (write it with "
+                             "rscir_kit.compose.save_captions from any captioner's descriptions)")
+    beta = compose._check_weight(options["beta"], "WeiMoCIR β")
+    descriptions = compose.load_captions(options["captions"], ctx.archive.paths)
+    C = compose.caption_embeddings(descriptions, _encoder_of(ctx.texts, "WeiMoCIR"))
+    return ((1.0 - beta) * ctx.X + beta * C).astype(np.float32)
+
+
+def _weimocir_rows(ctx):
+    import torch
+
+    from . import compose
+
+    q = compose.feature_sum(ctx.v, ctx.w, ctx.lam)
+    return q @ torch.as_tensor(ctx.state, device=q.device).T
+
+
 for _m in (
     Method("zscore-sum", "z-score sum", lambda a, b, lam: lam * b + (1.0 - lam) * a, norm="zscore",
            takes_lambda=True, kernel=_lin_kernel("zscore"),
@@ -362,6 +385,10 @@ for _m in (
            options={"k": 20, "n": 7, "m": 7, "vocab": ""},
            doc="FreeDom, Efthymiadis et al., WACV 2025 (github NikosEfth/freedom): k proxy images → n words "
                "each → m most frequent → Σ freq·g('word text'); vocabulary: the benchmark's class/label names"),
+    Method("weimocir", "WeiMoCIR", lambda a, b, lam: None, takes_lambda=True, query=_feature_sum_query,
+           rows=_weimocir_rows, prepare=_weimocir_prepare, options={"captions": "", "beta": 0.5},
+           doc="WeiMoCIR, Wu, Lin & Yang 2024 (arXiv 2409.04918): q = normalised (1-α)·v + α·w (α = λ), score "
+               "(1-β)·q·x + β·q·c̄_x with c̄_x the mean embedding of the archive image's captions (any captioner)"),
 ):
     REGISTRY[_m.name] = _m
 del _m

@@ -217,3 +217,36 @@ def test_method_strings_are_validated():
         methods.method_spec("freedom:k=many")
     assert methods.method_spec("add:weicom+qe").norm == "weicom"
     assert methods.get("slerp").takes_lambda and not methods.get("freedom").takes_lambda
+
+
+def test_weimocir_with_a_fake_captioner(bench, tmp_path):
+    """WeiMoCIR through the captioner interface: a fake captioner describes the archive, the captions file feeds
+    the registry entry; the engine equals the paper's formula per pair."""
+    from rscir_kit import compose
+
+    archive, texts, queries = bench
+    enc = HashEncoder(texts, archive.meta)
+
+    def captioner(images):  # the kit's interface: images -> list of description lists
+        return [[f"an aerial image of {p.split('/')[0].replace('_', ' ')}", f"{p.split('/')[-1]} seen from above"]
+                for p in images]
+
+    descriptions = captioner(list(archive.paths))
+    path = compose.save_captions(tmp_path / "captions.json", archive.paths, descriptions, captioner="fake")
+    assert compose.load_captions(path, archive.paths[::-1])[0] == descriptions[-1]
+    pp = evaluate(queries, archive, enc, methods=[f"weimocir:captions={path},beta=0.3"], lambdas=(0.4,),
+                  progress=False)
+    for i in range(0, len(queries), 5):
+        X, v, _, rel = _rows(bench, i)
+        w = enc.vec(queries.table["text"].iat[i])  # the query texts are embedded by the same encoder
+        q = 0.6 * v + 0.4 * w
+        q /= np.linalg.norm(q)
+        q2c = np.array([np.mean([q @ enc.vec(t) for t in d]) for d in descriptions])
+        ref = average_precision(0.7 * (X @ q) + 0.3 * q2c, rel)
+        assert pp["ap"].iat[i] == pytest.approx(ref, abs=1e-6)
+    with pytest.raises(ParameterError, match="captions"):
+        evaluate(queries, archive, enc, methods=["weimocir"], lambdas=(0.5,), progress=False)
+    with pytest.raises(DataError, match="no captions for"):
+        compose.save_captions(tmp_path / "few.json", archive.paths[:3], descriptions[:3])
+        evaluate(queries, archive, enc, methods=[f"weimocir:captions={tmp_path / 'few.json'}"], lambdas=(0.5,),
+                 progress=False)
