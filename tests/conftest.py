@@ -57,6 +57,7 @@ def standin_spec() -> str:
     return f"local-dir:{SHARED_WEIGHTS / 'ucm-minilm-standin'}"
 
 
+SLOW_FIXTURES = {"executed"}
 REAL_FIXTURES = {"shared_data": SHARED_DATA, "patternnet_filelist": SHARED_DATA, "standin_spec": SHARED_WEIGHTS}
 
 
@@ -64,6 +65,8 @@ def pytest_collection_modifyitems(config, items):
     """Mark the tests that use real data or the stand-in as ``realdata``; without that data, deselect them."""
     kept, dropped = [], []
     for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)  # uses notebooks executed by papermill: not in the fast tier
         needs = [name for name in REAL_FIXTURES if name in getattr(item, "fixturenames", ())]
         if needs:
             item.add_marker(pytest.mark.realdata)
