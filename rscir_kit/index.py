@@ -281,6 +281,36 @@ def _default_fast(n: int, d: int) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------- the index
+@dataclass(frozen=True)
+class _BuildOptions:
+    """How :meth:`ArchiveIndex.build` writes an index: the fast-index factory (``"auto"``, a FAISS factory string or
+    None), its ``nprobe``, training rows, rows per streamed chunk, progress bars, and the training-sample seed."""
+
+    fast: str | None
+    nprobe: int
+    train_size: int | None
+    chunk: int
+    progress: bool
+    seed: int
+
+
+@dataclass(frozen=True)
+class _Composed:
+    """One composed query as the search algorithms see it: ``Q`` (2, d) float32 (image row, text row; a zero row
+    for a modality without weight), ``active`` (the modalities with weight > 0), ``lam``, and the archive
+    statistics ``mean`` / ``std`` (2,) of the two similarities (the WeiCom z-scores)."""
+
+    Q: np.ndarray
+    active: list
+    lam: float
+    mean: np.ndarray
+    std: np.ndarray
+
+    def tail(self, s_img, s_txt) -> np.ndarray:
+        """WeiCom tail of similarities (lower = better), with this query's λ and statistics."""
+        return weicom_tail(s_img, s_txt, self.lam, self.mean, self.std)
+
+
 class ArchiveIndex:
     """Exact / fast WeiCom top-k over a large archive. Build once, load memory-mapped, search in milliseconds.
 
@@ -364,8 +394,8 @@ class ArchiveIndex:
             if tmp.exists():  # a killed build's leftover (we hold the lock: no live build owns it)
                 shutil.rmtree(tmp)
             try:
-                meta = cls._write(tmp, rows, paths, labels, fmeta, fast, nprobe, train_size, chunk, progress, seed,
-                                  t_start, source)
+                opts = _BuildOptions(fast, nprobe, train_size, chunk, progress, seed)
+                meta = cls._write(tmp, rows, paths, labels, fmeta, opts, t_start, source)
                 if out.exists():
                     shutil.rmtree(out)
                 os.replace(tmp, out)
@@ -376,9 +406,10 @@ class ArchiveIndex:
         return cls.load(out)
 
     @staticmethod
-    def _write(tmp: Path, rows, paths, labels, fmeta, fast, nprobe, train_size, chunk, progress, seed, t_start,
-               source) -> dict:
+    def _write(tmp: Path, rows, paths, labels, fmeta, opts: "_BuildOptions", t_start, source) -> dict:
         """Write every index file into ``tmp`` (a fresh folder); returns the meta written to meta.json."""
+        fast, nprobe, train_size, chunk, progress, seed = (opts.fast, opts.nprobe, opts.train_size, opts.chunk,
+                                                           opts.progress, opts.seed)
         faiss = _faiss()
         n, d = rows.shape
         tmp.mkdir(parents=True)
@@ -647,6 +678,7 @@ class ArchiveIndex:
                    qt if qt is not None else np.zeros(self.d, np.float32)]
         Q = np.stack(queries)
         active = [j for j in (0, 1) if weights[j] > 0]
+        cq = _Composed(Q, active, lam, mean, std)
         info = {"mode": mode, "lam": lam, "k": k, "mean": mean.tolist(), "std": std.tolist()}
         t0 = time.perf_counter()
         found = None
@@ -654,7 +686,7 @@ class ArchiveIndex:
             if self.fast is None:
                 raise DataError(f"{self.root} has no fast index: rebuild with fast='auto' (or --fast auto), "
                                 "or search with mode='exact'")
-            found = self._fast(Q, active, lam, mean, std, k, nprobe, depth, info)
+            found = self._fast(cq, k, nprobe, depth, info)
         if found is None and mode == "fast":
             info["fallback"] = "exact"
         if found is None and mode in ("exact", "fast"):
@@ -662,12 +694,12 @@ class ArchiveIndex:
             if mode == "exact" and self.fast is not None and depth is None:
                 # cheap approximate candidates (scored exactly) bound the k-th best score from above, which
                 # tells how deep the exact lists must be read: usually one flat pass suffices
-                seeds = self._fast(Q, active, lam, mean, std, k, nprobe, max(4 * k, 256), {}, keep_all=True)
-            found = self._threshold(Q, active, lam, mean, std, k, "exact", None, depth, info, seeds=seeds)
+                seeds = self._fast(cq, k, nprobe, max(4 * k, 256), {}, keep_all=True)
+            found = self._threshold(cq, k, "exact", None, depth, info, seeds=seeds)
             if found is None:
                 info["fallback"] = "scan"
         if found is None:
-            found = self._scan(Q, lam, k, info, mean, std)
+            found = self._scan(cq, k, info)
         ids, tail, sims = found
         info["seconds"] = time.perf_counter() - t0
         return SearchResult(ids, 1.0 - tail, sims[:, 0] if qi is not None else np.full(len(ids), np.nan),
@@ -710,8 +742,9 @@ class ArchiveIndex:
             self._ivf_cache = (ivf, cent)
         return self._ivf_cache
 
-    def _lists(self, Q, active, depth: int, source: str, nprobe: int | None, lam, mean, std, extra=None):
+    def _lists(self, cq: _Composed, depth: int, source: str, nprobe: int | None, extra=None):
         """Ranked lists (D, I) (len(active) [+ len(extra)], depth) of the active modalities, best first."""
+        Q, active = cq.Q, cq.active
         Qa = Q[active] if extra is None else np.concatenate([Q[active], extra])
         Qa = np.ascontiguousarray(Qa, dtype=np.float32)
         if source == "exact":
@@ -722,7 +755,7 @@ class ArchiveIndex:
             # probe the cells whose centroids score best under the *composed* WeiCom score, for both lists
             probes = min(int(nprobe or self.nprobe), ivf.nlist)
             cs = np.stack([cent @ Q[0], cent @ Q[1]])            # (2, nlist) centroid similarities (gemv)
-            cell_tail = weicom_tail(cs[0].astype(np.float64), cs[1].astype(np.float64), lam, mean, std)
+            cell_tail = cq.tail(cs[0].astype(np.float64), cs[1].astype(np.float64))
             cells = np.argsort(cell_tail, kind="stable")[:probes].astype(np.int64)
             Iq = np.ascontiguousarray(np.tile(cells, (len(Qa), 1)))
             Dq = np.ascontiguousarray(Qa @ cent[cells].T, dtype=np.float32)
@@ -732,7 +765,7 @@ class ArchiveIndex:
             return self.fast.search(Qa, depth, params=faiss.SearchParametersHNSW(efSearch=max(depth, 64)))
         return self.fast.search(Qa, depth)
 
-    def _fast(self, Q, active, lam, mean, std, k, nprobe, depth, info, keep_all: bool = False):
+    def _fast(self, cq: _Composed, k, nprobe, depth, info, keep_all: bool = False):
         """Approximate candidates, scored exactly: the union of the fast index's top-``depth`` lists for the
         image query, the text query and the *linearised composed query* ``(1-λ)/σ_img·q_img + λ/σ_txt·q_txt``
         (the WeiCom score's tangent direction in z-space, which ranks the composed top-k near its head).
@@ -740,15 +773,16 @@ class ArchiveIndex:
         Returns the exact top-k of those candidates (all of them with ``keep_all``). Recall < 1 is possible
         only when an answer is in none of the three approximate lists.
         """
+        Q, active, lam, std = cq.Q, cq.active, cq.lam, cq.std
         depth = int(min(self.n, depth or max(100 * k, 1024)))
         extra = None
         if len(active) == 2 and std[0] > 0 and std[1] > 0:
             qc = (1.0 - lam) / std[0] * Q[0].astype(np.float64) + lam / std[1] * Q[1].astype(np.float64)
             extra = (qc / np.linalg.norm(qc))[None].astype(np.float32)
-        D, I = self._lists(Q, active, depth, "fast", nprobe, lam, mean, std, extra=extra)
+        D, I = self._lists(cq, depth, "fast", nprobe, extra=extra)
         ids = np.unique(I[I >= 0])
         sims = self.similarities(ids, Q)
-        tail = weicom_tail(sims[:, 0], sims[:, 1], lam, mean, std)
+        tail = cq.tail(sims[:, 0], sims[:, 1])
         info.update({"lists": "fast", "depth": depth, "read_depth": depth, "candidates": int(len(ids))})
         if keep_all:
             return ids, tail, sims
@@ -757,7 +791,7 @@ class ArchiveIndex:
         top = _stable_top(tail, ids, k)
         return ids[top], tail[top], sims[top]
 
-    def _threshold(self, Q, active, lam, mean, std, k, source, nprobe, depth, info, seeds=None, terminate=True):
+    def _threshold(self, cq: _Composed, k, source, nprobe, depth, info, seeds=None, terminate=True):
         """Fagin's threshold algorithm over ranked lists from ``source``; None when the lists run long.
 
         seeds: (ids, tails, sims) of items already scored exactly (e.g. fast-mode candidates); their k-th best
@@ -775,13 +809,13 @@ class ArchiveIndex:
             depth = max(4 * k, 256, math.ceil(math.sqrt(k * n)))
         depth = int(depth)
         max_depth = max(n // 8, 4 * k) if source == "exact" else max(16 * depth, n // 64)
-        margins = np.array([self._margin(q) for q in Q]) if source == "exact" else np.zeros(2)
+        margins = np.array([self._margin(q) for q in cq.Q]) if source == "exact" else np.zeros(2)
         fetches = 0
         while True:
             depth = min(depth, n)
-            D, I = self._lists(Q, active, depth, source, nprobe, lam, mean, std)
+            D, I = self._lists(cq, depth, source, nprobe)
             fetches += 1
-            res = self._ta(D, I, Q, active, lam, mean, std, k, margins, complete=(source == "exact"),
+            res = self._ta(D, I, cq, k, margins, complete=(source == "exact"),
                            seeds=seeds, terminate=terminate)
             if res is not None:
                 ids, tail, sims, read, scored = res
@@ -793,9 +827,9 @@ class ArchiveIndex:
                 return None
             depth *= 4
 
-    def _ta(self, D, I, Q, active, lam, mean, std, k, margins, complete: bool, seeds=None, terminate=True):
+    def _ta(self, D, I, cq: _Composed, k, margins, complete: bool, seeds=None, terminate=True):
         """Read the fetched lists in growing prefixes; stop once the k-th best beats the threshold."""
-        n = self.n
+        n, Q, active = self.n, cq.Q, cq.active
         length = D.shape[1]
         valid = [int(np.count_nonzero(I[r] >= 0)) for r in range(len(active))]
         if seeds is not None:
@@ -809,7 +843,7 @@ class ArchiveIndex:
             new = np.setdiff1d(new, seen, assume_unique=True)
             if len(new):
                 sims = self.similarities(new, Q)
-                tail = weicom_tail(sims[:, 0], sims[:, 1], lam, mean, std)
+                tail = cq.tail(sims[:, 0], sims[:, 1])
                 seen = np.concatenate([seen, new])
                 cand_tail = np.concatenate([cand_tail, tail])
                 cand_sims = np.concatenate([cand_sims, sims])
@@ -825,7 +859,7 @@ class ArchiveIndex:
                 exhausted = exhausted or (complete and list_done)
                 if not list_done:
                     tau[j] = D[r, at - 1] + margins[j]
-            bound = np.inf if exhausted else float(weicom_tail(tau[:1], tau[1:], lam, mean, std)[0])
+            bound = np.inf if exhausted else float(cq.tail(tau[:1], tau[1:])[0])
             if not terminate:
                 return seen, cand_tail, cand_sims, step, len(seen)
             if len(seen) >= k:
@@ -836,15 +870,15 @@ class ArchiveIndex:
                 return None
             step = min(length, step * 2)
 
-    def _scan(self, Q, lam, k, info, mean, std):
+    def _scan(self, cq: _Composed, k, info):
         """Brute force (the reference): all N float64 similarities, WeiCom with the stored statistics, top-k."""
         n = self.n
         sims = np.empty((n, 2), np.float64)
-        q64 = np.ascontiguousarray(np.asarray(Q, dtype=np.float64).T)
+        q64 = np.ascontiguousarray(np.asarray(cq.Q, dtype=np.float64).T)
         for s in range(0, n, _BLOCK):  # pass 1: similarities (same row-local kernel as the re-scoring)
             _row_dots(self.rows[s:s + _BLOCK], q64, sims[s:s + _BLOCK])
         # the stored statistics, as in the exact/fast modes: one set of numbers, so ties order alike everywhere
-        tail = weicom_tail(sims[:, 0], sims[:, 1], lam, mean, std)  # pass 2: score + top-k
+        tail = cq.tail(sims[:, 0], sims[:, 1])  # pass 2: score + top-k
         ids = np.arange(n, dtype=np.int64)
         top = _stable_top(tail, ids, k)
         info.update({"lists": "scan", "scan_mean": sims.mean(axis=0).tolist(),
