@@ -365,17 +365,36 @@ def _ranking_row(plan: Plan, r: Ranking, img_side: _Side, txt_side: _Side, li, t
         return alpha_query_expansion(row, plan.X, query=q, n=int(qe["n"]), alpha=float(qe["alpha"])).to(torch.float32)
     entry = registry.REGISTRY[spec.name]
     if entry.rows is not None:  # feature-level methods: rows from a context (no per-pair GEMM where avoidable)
-        from types import SimpleNamespace
-
-        s_img, s_txt = inputs()
         ib = torch.as_tensor(plan.img_of_pair[block], device=dev)
         tb = torch.as_tensor(plan.txt_of_pair[block], device=dev)
-        ctx = SimpleNamespace(s_img=s_img, s_txt=s_txt, v=plan.Qimg[ib], w=plan.Qtxt[tb], X=plan.X, lam=r.lam,
-                              options=dict(spec.options), state=plan.prepared.get(spec.base), block=block)
+        ctx = _RowContext(inputs, v=plan.Qimg[ib], w=plan.Qtxt[tb], X=plan.X, lam=r.lam,
+                          options=dict(spec.options), state=plan.prepared.get(spec.base), block=block)
         return entry.rows(ctx).to(torch.float32)
     if entry.query is not None:
         return (_composed_query(plan, r, block) @ plan.X.T).to(torch.float32)
     return registry.fuse_normalized(*inputs(), spec.name, r.lam).to(torch.float32)
+
+
+class _RowContext:
+    """What a registry entry's ``rows`` sees: the block's query vectors v, w (B, d), the archive X, λ, its
+    options and prepared state, and the gathered similarity rows ``s_img`` / ``s_txt`` (B, N), made on first use."""
+
+    def __init__(self, inputs, **fields):
+        self._inputs, self._rows = inputs, None
+        self.__dict__.update(fields)
+
+    def _pair(self):
+        if self._rows is None:
+            self._rows = self._inputs()
+        return self._rows
+
+    @property
+    def s_img(self):
+        return self._pair()[0]
+
+    @property
+    def s_txt(self):
+        return self._pair()[1]
 
 
 def _composed_query(plan: Plan, r: Ranking, block) -> torch.Tensor | None:

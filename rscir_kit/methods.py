@@ -313,26 +313,9 @@ def _freedom_prepare(ctx, options):
 def _freedom_query(v, w, lam, options, state, block):
     import torch
 
-    emb, idx, wts = state
-    q = (wts[block][:, :, None] * emb[np.maximum(idx[block], 0)]).sum(axis=1)
+    emb, idx, wts = state  # Σ_j w_j·g("word_j text"): (B, m, d) gathered, one (B, d)·(d, N) product per block
+    q = np.einsum("bm,bmd->bd", wts[block], emb[np.maximum(idx[block], 0)])
     return torch.as_tensor(q.astype(np.float32), device=v.device)
-
-
-def _freedom_rows(ctx):
-    """Σ_j w_j·(X·g("word_j text")): the similarity rows of the block's distinct composed texts (one GEMM),
-    weighted per pair — the same scores as X·(Σ_j w_j g_j) with m row operations instead of d."""
-    import torch
-
-    emb, idx, wts = ctx.state
-    idx_b, w_b = idx[ctx.block], wts[ctx.block]
-    used, inv = np.unique(np.maximum(idx_b, 0), return_inverse=True)
-    S = torch.as_tensor(emb[used], device=ctx.X.device) @ ctx.X.T                 # (U, N)
-    inv = torch.as_tensor(inv.reshape(idx_b.shape), device=ctx.X.device)
-    out = torch.zeros((len(idx_b), ctx.X.shape[0]), dtype=torch.float32, device=ctx.X.device)
-    for j in range(idx_b.shape[1]):
-        wj = torch.as_tensor(w_b[:, j], dtype=torch.float32, device=ctx.X.device)[:, None]
-        out.add_(wj * S[inv[:, j]])
-    return out
 
 
 def _weimocir_prepare(ctx, options):
@@ -380,7 +363,7 @@ for _m in (
                "raw average"),
     Method("slerp", "Slerp", lambda a, b, lam: None, takes_lambda=True, query=_slerp_query, rows=_slerp_rows,
            doc="spherical interpolation of v and w at α=λ, Jang et al., ECCV 2024 (github youngkyunJang/SLERP-TAT)"),
-    Method("freedom", "FreeDom", lambda a, b, lam: None, query=_freedom_query, rows=_freedom_rows,
+    Method("freedom", "FreeDom", lambda a, b, lam: None, query=_freedom_query,
            prepare=_freedom_prepare,
            options={"k": 20, "n": 7, "m": 7, "vocab": ""},
            doc="FreeDom, Efthymiadis et al., WACV 2025 (github NikosEfth/freedom): k proxy images → n words "
