@@ -695,7 +695,7 @@ class ArchiveIndex:
                 # cheap approximate candidates (scored exactly) bound the k-th best score from above, which
                 # tells how deep the exact lists must be read: usually one flat pass suffices
                 seeds = self._fast(cq, k, nprobe, max(4 * k, 256), {}, keep_all=True)
-            found = self._threshold(cq, k, "exact", None, depth, info, seeds=seeds)
+            found = self._threshold(cq, k, depth, info, seeds=seeds)
             if found is None:
                 info["fallback"] = "scan"
         if found is None:
@@ -791,13 +791,13 @@ class ArchiveIndex:
         top = _stable_top(tail, ids, k)
         return ids[top], tail[top], sims[top]
 
-    def _threshold(self, cq: _Composed, k, source, nprobe, depth, info, seeds=None, terminate=True):
-        """Fagin's threshold algorithm over ranked lists from ``source``; None when the lists run long.
+    def _threshold(self, cq: _Composed, k, depth, info, seeds=None):
+        """Fagin's threshold algorithm over the exact (flat) ranked lists; None when the lists run long.
 
         seeds: (ids, tails, sims) of items already scored exactly (e.g. fast-mode candidates); their k-th best
         tail T_k sets the first list depth: an item below the z-level z* = Q⁻¹(T_k) in every list has a tail
         above T_k, so the lists need to reach z* (≈ N·T_k items each under a normal model; checked, deepened
-        ×4 if short). terminate=False (seeding): one fetch, return all candidates scored.
+        ×4 if short).
         """
         n = self.n
         if depth is None and seeds is not None and len(seeds[0]) >= k:
@@ -808,27 +808,27 @@ class ArchiveIndex:
         if depth is None:  # ≈ √(kN): the TA depth of two independent modalities at λ = 0.5
             depth = max(4 * k, 256, math.ceil(math.sqrt(k * n)))
         depth = int(depth)
-        max_depth = max(n // 8, 4 * k) if source == "exact" else max(16 * depth, n // 64)
-        margins = np.array([self._margin(q) for q in cq.Q]) if source == "exact" else np.zeros(2)
+        max_depth = max(n // 8, 4 * k)
+        margins = np.array([self._margin(q) for q in cq.Q])
         fetches = 0
         while True:
             depth = min(depth, n)
-            D, I = self._lists(cq, depth, source, nprobe)
+            D, I = self._lists(cq, depth, "exact", None)
             fetches += 1
-            res = self._ta(D, I, cq, k, margins, complete=(source == "exact"),
-                           seeds=seeds, terminate=terminate)
+            res = self._ta(D, I, cq, k, margins, seeds=seeds)
             if res is not None:
                 ids, tail, sims, read, scored = res
-                info.update({"lists": source, "depth": depth, "fetches": fetches, "read_depth": read,
+                info.update({"lists": "exact", "depth": depth, "fetches": fetches, "read_depth": read,
                              "candidates": scored})
                 return ids, tail, sims
             if depth >= n or depth >= max_depth:
-                info[f"{source}_gave_up_at_depth"] = depth
+                info["exact_gave_up_at_depth"] = depth
                 return None
             depth *= 4
 
-    def _ta(self, D, I, cq: _Composed, k, margins, complete: bool, seeds=None, terminate=True):
-        """Read the fetched lists in growing prefixes; stop once the k-th best beats the threshold."""
+    def _ta(self, D, I, cq: _Composed, k, margins, seeds=None):
+        """Read the fetched exact lists in growing prefixes; stop once the k-th best beats the threshold.
+        Returns (ids, tails, sims, prefix read, items scored), or None when the fetched depth is not enough."""
         n, Q, active = self.n, cq.Q, cq.active
         length = D.shape[1]
         valid = [int(np.count_nonzero(I[r] >= 0)) for r in range(len(active))]
@@ -836,7 +836,7 @@ class ArchiveIndex:
             seen, cand_tail, cand_sims = (np.asarray(a).copy() for a in seeds)
         else:
             seen, cand_tail, cand_sims = np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 2))
-        step = min(length, max(2 * k, 128)) if terminate else length
+        step = min(length, max(2 * k, 128))
         while True:
             new = np.unique(np.concatenate([I[r, :min(step, valid[r])] for r in range(len(active))]))
             new = new[new >= 0]
@@ -852,16 +852,11 @@ class ArchiveIndex:
             exhausted = len(seen) >= n
             for r, j in enumerate(active):
                 at = min(step, valid[r])
-                if complete:
-                    list_done = at >= n
-                else:  # an approximate list shorter than requested: its probed cells are used up
-                    list_done = valid[r] < length and at >= valid[r]
-                exhausted = exhausted or (complete and list_done)
+                list_done = at >= n
+                exhausted = exhausted or list_done
                 if not list_done:
                     tau[j] = D[r, at - 1] + margins[j]
             bound = np.inf if exhausted else float(cq.tail(tau[:1], tau[1:])[0])
-            if not terminate:
-                return seen, cand_tail, cand_sims, step, len(seen)
             if len(seen) >= k:
                 top = _stable_top(cand_tail, seen, k)
                 if cand_tail[top[-1]] < bound:  # strict: an unseen item could tie and have a lower index
