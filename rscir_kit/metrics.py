@@ -220,7 +220,7 @@ def kernel_metrics(rows: np.ndarray, sets, ks=()) -> dict[str, np.ndarray]:
 #: a, b, mean ((a+b)/2), add, mul, min, negfma (-(a + w0·b), one rounding), lin (w0·a + w1·b, each
 #: product rounded), row (a precomputed fused row), sorted_a / sorted_b (rank a / b through its row
 #: sorted once and shared by every pair using it).
-_BUCKETS_PER_POSITIVE = 16
+_BUCKETS_PER_POSITIVE = 4
 _MAX_BUCKETS = 1 << 16
 FUSIONS = ("a", "b", "mean", "add", "mul", "min", "negfma", "lin", "row", "sorted_a", "sorted_b")
 _OP = {name: i for i, name in enumerate(FUSIONS)}
@@ -264,11 +264,11 @@ def _fuse_row(op, a, b, w0, w1, out):
 
 
 @njit(cache=True, nogil=True)
-def _ranks_from_row(f, pos, sv, sidx, ranks, pb, diff, cnt, first, last, n_buckets):
+def _ranks_from_row(f, pos, sv, sidx, ranks, pb, diff, cnt, first, last, cand, n_buckets):
     """Ranks (0-based, rank order) of the positives ``pos`` (ascending archive indices) in row ``f``.
 
     Fills ``sv``/``sidx`` (positives' scores / indices in rank order) and ``ranks``; scratch arrays
-    ``pb`` (P), ``diff`` (P+1), ``cnt`` / ``last`` (≥ n_buckets+2) are overwritten; ``first``
+    ``pb`` (P), ``diff`` (P+1), ``cnt`` / ``last`` (≥ n_buckets+2), ``cand`` (N) are overwritten; ``first``
     (≥ n_buckets+2) must hold -1 everywhere and is left so.
     """
     p_count = pos.shape[0]
@@ -301,15 +301,21 @@ def _ranks_from_row(f, pos, sv, sidx, ranks, pb, diff, cnt, first, last, n_bucke
         if first[b] < 0:
             first[b] = k
         last[b] = k + 1
+    # pass 1 (branch-free): count the items above the highest positive, collect those in [lo, hi]
     n = f.shape[0]
+    above = 0
+    m = 0
     for j in range(n):
+        v = f[j]
+        cand[m] = j
+        m += (v >= lo) & (v <= hi)
+        above += v > hi
+    # pass 2, over the candidates only: bucket counts, exact comparison within a positive's bucket
+    for c in range(m):
+        j = cand[c]
         v = f[j]
         t = (np.float64(v) - lo64) * scale + 1.0
         b = int(min(max(t, 0.0), kf))
-        if v > hi:
-            b = K + 1
-        if v < lo:
-            b = 0
         cnt[b] += 1
         s = first[b]
         if s >= 0:
@@ -318,15 +324,14 @@ def _ranks_from_row(f, pos, sv, sidx, ranks, pb, diff, cnt, first, last, n_bucke
             # that holds on a suffix [q, e) of the run: find q by binary search
             l, r = s, e
             while l < r:
-                m = (l + r) >> 1
-                if sv[m] < v or (sv[m] == v and sidx[m] > j):
-                    r = m
+                mid = (l + r) >> 1
+                if sv[mid] < v or (sv[mid] == v and sidx[mid] > j):
+                    r = mid
                 else:
-                    l = m + 1
+                    l = mid + 1
             if l < e:
                 diff[l] += 1
                 diff[e] -= 1
-    above = 0
     b_cur = K + 1
     within = 0
     for k in range(p_count):
@@ -414,6 +419,7 @@ def block_metrics(img, txt, rows, img_sorted, txt_sorted, li, ti, pair_ids, pset
         cnt = np.empty(n_cnt, np.int64)
         last = np.empty(n_cnt, np.int64)
         first = np.full(n_cnt, -1, np.int64)
+        cand = np.empty(n, np.int64)
         for i in range(c * n_pairs_block // n_chunks, (c + 1) * n_pairs_block // n_chunks):
             pair = pair_ids[i]
             pos = pos_idx[pos_ptr[pset[i]]:pos_ptr[pset[i] + 1]]
@@ -438,5 +444,5 @@ def block_metrics(img, txt, rows, img_sorted, txt_sorted, li, ti, pair_ids, pset
                     else:
                         _fuse_row(op, img[slot_a[m], li[i]], txt[slot_b[m], ti[i]], w[m, 0], w[m, 1], f)
                         row = f
-                    _ranks_from_row(row, pos, sv, sidx, ranks, pb, diff, cnt, first, last, n_buckets)
+                    _ranks_from_row(row, pos, sv, sidx, ranks, pb, diff, cnt, first, last, cand, n_buckets)
                 _store(ranks, p_count, ks, ap_out, hits_out, m, pair)
