@@ -83,8 +83,12 @@ def load_reference_engine(commit: str = REFERENCE_COMMIT):
     for name in ("config", "errors", "queries", "features"):
         sys.modules[f"rscir_kit_ref.{name}"] = importlib.import_module(f"rscir_kit.{name}")
     for name in ("normalization", "methods", "metrics", "engine"):
-        src = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:rscir_kit/{name}.py"], check=True,
-                             capture_output=True, text=True).stdout
+        proc = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:rscir_kit/{name}.py"],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"bench_engine: cannot read the reference engine {commit[:7]} from the git history of "
+                             f"{REPO} ({proc.stderr.strip()}); run it in a full clone (git fetch --unshallow)")
+        src = proc.stdout
         mod = types.ModuleType(f"rscir_kit_ref.{name}")
         mod.__package__ = "rscir_kit_ref"
         mod.__file__ = f"{commit[:7]}:rscir_kit/{name}.py"

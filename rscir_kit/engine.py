@@ -34,6 +34,7 @@ from .errors import DataError, ModelMismatchError, ParameterError
 from .metrics import _OP, block_metrics, pad_positives, positive_ranks, ranking_metrics, sort_rows
 from .normalization import normalize, official_cdf, weicom_upper_tail
 from .queries import QuerySet
+from .reference import ATTRIBUTES
 
 ON_EMPTY = ("zero", "skip", "error")
 BACKENDS = ("auto", "kernel", "torch")
@@ -169,7 +170,6 @@ class Plan:
     ks: tuple
     on_empty: str
     ap_decimals: int | None
-    results: dict = field(default_factory=dict)
     prepared: dict = field(default_factory=dict)  # method -> state of registry entries with ``prepare``
 
 
@@ -626,8 +626,6 @@ def wide_table(summary: pd.DataFrame, by: str = "attribute", order=None, value: 
     ``keys=True``: ``method`` and ``lambda`` columns instead (the notebooks' tables, ``plots.summary_to_wide``).
     ``decimals``: rounding (None: none).
     """
-    from .reference import ATTRIBUTES
-
     frame = summary.copy()
     frame["lambda"] = frame["lambda"].astype(float)
     rows = list(dict.fromkeys(zip(frame["method"], frame["lambda"].fillna(-1.0))))

@@ -30,6 +30,9 @@ computed with a single rounding (fused multiply-add). ``numerics="kit"`` also ra
 raw image / text similarities (identical orders, Φ being monotone); ``numerics="official"`` ranks
 every λ by the float32 score ``λ·Φ(z_txt) + (1-λ)·Φ(z_img)`` exactly as the official code does
 (:func:`rscir_kit.normalization.official_cdf`), saturation ties included.
+
+This module needs only numpy/scipy at import, so the archive index (numpy only) reads the λ check and
+the WeiCom form without loading torch; the functions that take torch tensors import it when called.
 """
 from __future__ import annotations
 
@@ -100,9 +103,9 @@ def weicom_rank_key(q_img, q_txt, lam: float, out=None):
     c = lam / (1.0 - lam)
     if isinstance(q_img, np.ndarray) or isinstance(q_txt, np.ndarray):
         return np.add(q_img, c * np.asarray(q_txt), out=out)
-    import torch
-
-    return torch.add(q_img, q_txt, alpha=c, out=out)
+    if out is None:
+        return q_img.add(q_txt, alpha=c)
+    return out.copy_(q_img).add_(q_txt, alpha=c)
 
 
 def weicom_tail(q_img, q_txt, lam: float):
