@@ -322,7 +322,7 @@ def kernel_metrics(rows: np.ndarray, sets, ks=()) -> dict[str, np.ndarray]:
     b, n = rows.shape
     ks = tuple(int(k) for k in ks)
     if any(k <= 0 for k in ks):
-        raise ValueError(f"k must be positive, got {list(ks)}")
+        raise ParameterError(f"k must be positive, got {list(ks)}")
     ptr = np.zeros(b + 1, np.int64)
     ptr[1:] = np.cumsum([len(p) for p in sets])
     idx = np.concatenate([np.asarray(p, np.int64) for p in sets]) if ptr[-1] else np.zeros(0, np.int64)
