@@ -406,13 +406,12 @@ def _extract_locked(coll, encoder, out, batch_size, resume, progress, chunk_size
     # ---- what is already encoded: rows of an existing `out` and of the partial cache, by image key
     cache: dict[str, np.ndarray] = {}
     old = None
-    if out.exists():
+    if out.exists() and resume:  # --no-resume never reads it (it may be damaged: that is why one recomputes)
         old = ImageFeatures.load(out)
-        if resume:
-            _check_reuse(old.meta, meta, what=str(out),
-                         remedy=f"choose another --out, or pass --no-resume to recompute and replace {out}")
-            if old.keys is not None:
-                cache.update(zip(old.keys.tolist(), old.feats))
+        _check_reuse(old.meta, meta, what=str(out),
+                     remedy=f"choose another --out, or pass --no-resume to recompute and replace {out}")
+        if old.keys is not None:
+            cache.update(zip(old.keys.tolist(), old.feats))
     if partial.exists():
         manifest = _read_manifest(partial)
         if not resume or manifest is None:

@@ -416,7 +416,10 @@ def test_7_unreadable_images_all_reported_finished_work_kept(tmp_path, tiny):
     cb = _Chunks()
     assert len(_extract(ImageCollection.from_folder(root, limit_per_class=2), tiny, out, on_chunk=cb)) == 5
     assert cb.seen == []
-    # --no-resume recomputes (before: refused like a list change)
+    # --no-resume recomputes (before: refused like a list change), even over a damaged file
+    out.write_bytes(b"PK\x03\x04 damaged")
+    with pytest.raises(DataError, match="damaged"):
+        _extract(ImageCollection.from_folder(root), tiny, out)
     cb = _Chunks()
     assert len(_extract(ImageCollection.from_folder(root), tiny, out, on_chunk=cb, resume=False)) == 9
     assert len(cb.seen) == 5
@@ -644,3 +647,35 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical_and_leaves_nothin
     np.testing.assert_array_equal(a.feats, b.feats)
     assert a.paths.tolist() == b.paths.tolist() and a.keys.tolist() == b.keys.tolist()
     assert sorted(p.name for p in run_dir.iterdir()) == [".f.npz.lock", "f.npz"]
+
+
+@pytest.mark.parametrize("err, words", [(errno.ENOSPC, "disk full"), (errno.EROFS, "read-only file system")])
+def test_full_or_read_only_output_folders_are_one_line_for_extract_and_index(tmp_path, tiny, capsys, monkeypatch,
+                                                                            err, words):
+    import rscir_kit.index as index_mod
+    from rscir_kit.commands import extract as extract_cmd
+
+    root = _write_jpgs(tmp_path / "imgs", per_class=2)
+    monkeypatch.setattr(extract_cmd, "_encoder", lambda args: tiny)
+    real_replace = os.replace
+
+    def failing(src, dst):
+        if str(dst).endswith("f.npz"):  # the final write fails; the cache chunks were written
+            raise OSError(err, os.strerror(err))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    code = main(["extract", "--images", str(root), "--out", str(tmp_path / "f.npz"), "--quiet"])
+    _one_line_error(capsys, code, str(tmp_path / "f.npz"), words)
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert main(["extract", "--images", str(root), "--out", str(tmp_path / "f.npz"), "--quiet"]) == 0  # resumes
+    capsys.readouterr()
+
+    def failing_write(*a, **k):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(index_mod.np, "savez", failing_write)
+    code = main(["index", "build", "--features", str(tmp_path / "f.npz"), "--out", str(tmp_path / "idx"), "--quiet"])
+    _one_line_error(capsys, code, "idx", words)
+    assert not (tmp_path / "idx.building").exists()
