@@ -14,6 +14,7 @@ free text there is no ground truth and ``ap`` is None.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -315,6 +316,7 @@ class LambdaExplorer:
         width = max(thumb * (cols + 1.3), 11.0)
         grid_h = thumb * 1.3 * rows
         fig = plt.figure(figsize=(width, grid_h + 3.4), layout="constrained")
+        fig.get_layout_engine().set(rect=(0, 0.25 / (grid_h + 3.4), 1, 1))  # room for the model stamp
         top, bottom = fig.subfigures(2, 1, height_ratios=[grid_h, 3.0], hspace=0.02)
         gs = top.add_gridspec(rows, cols + 1, width_ratios=[1.3] + [1.0] * cols)
         ax_q = top.add_subplot(gs[:, 0])
@@ -443,7 +445,7 @@ class LambdaExplorer:
 
         state = state or self.state or self.set()
         lines = [f"<div class='rscir-status' style='font-weight:bold'>{html.escape(state.summary())}</div>"]
-        live = self.live_text(state.lam)
+        live = self.live_text(state.lam) or getattr(self, "_live_status", None) or ""
         if live:
             lines.append(f"<div class='rscir-live'>{live}</div>")
         qname = html.escape(state.query_path)
@@ -509,10 +511,11 @@ class LambdaExplorer:
         figure."""
         import ipywidgets as W
 
+        live_job = None
         if live and self.live is None and self.queries is not None and self.texts is not None:
             lams = np.round(np.arange(0.0, 1.0 + 1e-9, lam_step), 6)
             own = {self.benchmark_name: (self.queries, self.archive, self.texts)}
-            self.benchmark_map(lams, dict(own, **(benchmarks or {})))
+            live_job = (lams, dict(own, **(benchmarks or {})))
         queries = self.query_paths
         classes = sorted({self.labels[self._query_index(p)] for p in queries})
         texts = sorted({t for ts in self._texts_of.values() for t in ts})
@@ -545,10 +548,15 @@ class LambdaExplorer:
                         (count, "count")):
             w.add_class(f"rscir-{name}")
         quiet = {"on": False}
+        lock = threading.RLock()
 
         def redraw(*_):
             if quiet["on"]:
                 return
+            with lock:
+                _redraw()
+
+        def _redraw():
             try:
                 state = self.set(query=q_dd.value, text=t_cb.value or self.text, lam=lam_s.value, k=k_s.value)
                 comp = None
@@ -601,6 +609,20 @@ class LambdaExplorer:
         box = W.VBox([W.HBox([cls_dd, gt_dd, count], layout=layout), W.HBox([q_dd, t_cb], layout=layout),
                       W.HBox([lam_s, k_s], layout=layout), W.HBox([cmp_dd, lam2_s], layout=layout), error, view])
         redraw()
+        if live_job is not None:  # the engine over every λ of the slider, without blocking the notebook
+            self._live_status = f"benchmark mAP: computing WeiCom over {len(live_job[0])} λ values…"
+
+            def compute_live():
+                try:
+                    self.benchmark_map(*live_job)
+                except Exception as exc:  # noqa: BLE001 - shown in the view instead of a thread traceback
+                    self._live_status = f"benchmark mAP not available: {type(exc).__name__}: {exc}"
+                else:
+                    self._live_status = None
+                redraw()
+
+            self._live_thread = threading.Thread(target=compute_live, daemon=True, name="rscir-live-map")
+            self._live_thread.start()
         self._widgets = {"class": cls_dd, "filter": gt_dd, "query": q_dd, "text": t_cb, "lam": lam_s, "k": k_s,
                          "compare": cmp_dd, "lam2": lam2_s, "view": view, "error": error, "count": count}
         return box
@@ -669,3 +691,41 @@ def pick_examples(per_pair, lam: float, n: int = 3, by: str = "attribute") -> li
     if len(picked) < n:  # fewer groups than examples: fill with the next best pairs
         picked += [p for p in gain["pair"] if p not in picked][: n - len(picked)]
     return [int(p) for p in picked]
+
+
+def select_examples(per_pair, lam: float, table, n: int = 3, seed: int = 0, by: str = "attribute") -> list[tuple[int, str]]:
+    """(pair id, kind) for qualitative figures that do not only show wins: ``n`` where WeiCom at ``lam`` gains
+    most over the better baseline (:func:`pick_examples`), one failure (where it loses most), ``n`` drawn at
+    random with ``seed`` among the pairs with positives, and — when the query set has directions — at least one
+    "remove" ("without …") query. Deterministic for a given seed."""
+    import pandas as pd
+
+    picked = [(p, "best gain") for p in pick_examples(per_pair, lam, n=n, by=by)]
+
+    def ap_of(method, lam_value=None):
+        rows = per_pair[per_pair["method"] == method]
+        if lam_value is not None:
+            rows = rows[np.isclose(rows["lambda"].astype(float), lam_value)]
+        return rows.set_index("pair")["ap"]
+
+    w = ap_of("weicom", lam)
+    base = pd.concat([ap_of("image"), ap_of("text")], axis=1).max(axis=1).reindex(w.index)
+    gain = (w - base).sort_values(kind="stable")
+    with_pos = per_pair.drop_duplicates("pair").set_index("pair")
+    has_pos = with_pos["n_pos"] > 0 if "n_pos" in with_pos else pd.Series(True, index=with_pos.index)
+    used = {p for p, _ in picked}
+    fail = [int(p) for p in gain.index if has_pos.get(p, True) and int(p) not in used]
+    if fail:
+        picked.append((fail[0], "failure"))
+        used.add(fail[0])
+    pool = np.array(sorted(int(p) for p in w.index if has_pos.get(p, True) and int(p) not in used))
+    rng = np.random.default_rng(seed)
+    for p in rng.choice(pool, size=min(n, len(pool)), replace=False) if len(pool) else []:
+        picked.append((int(p), f"random (seed {seed})"))
+        used.add(int(p))
+    if "direction" in table.columns and not any(table.iloc[p]["direction"] == "remove" for p, _ in picked):
+        removes = [int(p) for p in gain.index[::-1] if table.iloc[int(p)]["direction"] == "remove"
+                   and has_pos.get(p, True) and int(p) not in used]
+        if removes:
+            picked.append((removes[0], "best gain, remove (\"without …\")"))
+    return picked

@@ -226,7 +226,7 @@ class ImageFeatures:
         if root is not None:
             prefix = str(root).replace("\\", "/").rstrip("/") + "/"
             paths = [p[len(prefix):] if p.startswith(prefix) else p for p in paths]
-            meta["image_root"] = str(root)
+            meta["image_root"] = str(Path(root).resolve())
         return cls(feats, paths, list(labels), meta, origin=str(path))
 
     def index_of(self, names: Sequence[str], by: str = "path") -> np.ndarray:
@@ -399,7 +399,7 @@ def _extract_locked(coll, encoder, out, batch_size, resume, progress, chunk_size
         raise DataError(f"{len(missing)} of {n} images are missing (e.g. {coll.abspath(missing[0])}); full list in "
                         f"{bad_files_path(out)}. Fix the data root, remove them from the list, or pass --on-error skip "
                         "(on_error='skip') to leave them out")
-    meta = dict(encoder.meta, kind="image", kit_version=__version__, image_root=str(coll.root), source=coll.source,
+    meta = dict(encoder.meta, kind="image", kit_version=__version__, image_root=str(Path(coll.root).resolve()), source=coll.source,
                 image_decoding=coll.decoding.describe(),
                 image_keys="path+size+mtime" + ("+sha256" if content_hash else ""))
 

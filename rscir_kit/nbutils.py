@@ -266,6 +266,12 @@ class Recorder:
     def figure(self, fig, name: str, formats: Iterable[str] = FIGURE_FORMATS, dpi: int = 150) -> list[Path]:
         """Save ``fig`` as ``<name>.png`` and ``<name>.pdf`` in the output folder; returns the paths."""
         _check_name(name)
+        size = (self.data.get("params") or {}).get("size")
+        if size is not None and not getattr(fig, "_rscir_reduced", False):  # figures of a --size run say so
+            # above the figure's top edge: bbox_inches="tight" makes room, so it can never cover a title
+            fig.text(0.995, 1.0, f"REDUCED RUN: {size} images per class, not the benchmark's numbers",
+                     ha="right", va="bottom", fontsize=8, color="#c00000", fontweight="bold")
+            fig._rscir_reduced = True
         paths = []
         for fmt in formats:
             path = self.output_dir / f"{name}.{fmt}"

@@ -165,14 +165,13 @@ def _plot_ablation_axes(ax, ablation: pd.DataFrame, title: str):
             ax.scatter([b], [ablation.loc[b, col]], marker="*", s=170 if is_avg else 70,
                        color=color, edgecolor="black", linewidth=0.6, zorder=4)
     b = best_lambda(ablation, AVG) if AVG in ablation else None
-    if b is not None:
+    if b is not None:  # said in the title, so the note can never sit on a curve
         ax.axvline(b, color="black", ls=":", lw=1)
-        ax.annotate(f"best λ={b:g}\navg {ablation.loc[b, AVG]:.1f}", xy=(b, ablation.loc[b, AVG]),
-                    xytext=(8, 10), textcoords="offset points", fontsize=8)
+        title = f"{title}\nbest λ = {b:g} (dotted), avg mAP {ablation.loc[b, AVG]:.1f}; stars: best λ per curve"
     ax.set_xlabel("λ  (0 = image only, 1 = text only)")
     ax.set_ylabel("mAP (%)")
-    ax.set_title(title, fontsize=10)
-    ax.set_xticks(lams if len(lams) <= 11 else np.linspace(0, 1, 11))
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks(np.linspace(0, 1, 11))
     ax.grid(alpha=0.3)
 
 
@@ -180,17 +179,37 @@ def plot_lambda_ablation(ablation: pd.DataFrame, model: str | None = None, datas
                          reference_table: pd.DataFrame | None = None, reference_title: str | None = None):
     """mAP vs λ per attribute and average (thick black), best λ of each curve marked by a star and the best
     average λ by a dotted line.  With ``reference_table`` (e.g. :func:`rscir_kit.reference.table3`) the
-    published curves are drawn in a second panel on the same y axis."""
+    published curves are drawn in a second panel on the same y axis. The model label goes under the kit's
+    panel only: the reference panel holds published numbers, not this model's."""
+    import matplotlib.pyplot as plt
+
     n = 2 if reference_table is not None else 1
-    fig, axes = plt.subplots(1, n, figsize=(6.2 * n, 4.4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(7.2 * n, 5.0), sharey=True, squeeze=False, layout="constrained")
     _plot_ablation_axes(axes[0, 0], ablation, f"WeiCom λ ablation - kit ({dataset or 'dataset'})")
     if reference_table is not None:
         _plot_ablation_axes(axes[0, 1], reference_table,
                             reference_title or "paper Table 3 (RemoteCLIP ViT-L/14, PatternCom)")
-    for ax in axes[0]:
-        ax.legend(fontsize=7, loc="best", ncol=3, framealpha=0.8)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    return stamp(fig, model)
+        axes[0, 1].set_xlabel(axes[0, 1].get_xlabel() + "\npublished numbers, not this model's")
+    for ax in axes[0]:  # each panel its own legend (UCM-Com labels are not PatternCom attributes), outside
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    return stamp_axes(axes[0, 0], model)
+
+
+def stamp_axes(ax, model: str | None):
+    """:func:`stamp` for one panel: the model label under ``ax``'s x label (for figures whose other panels are not
+    this model's results; the layout keeps it clear of everything). Returns the figure."""
+    text = model_label(model)
+    ax.set_xlabel(ax.get_xlabel() + "\n" + "\n".join(_wrap_lines(text, 72)))
+    ax.xaxis.label.set_color("#c00000" if is_standin(model) else "#444444")
+    ax.xaxis.label.set_fontsize(8)
+    ax.figure._rscir_label = text
+    return ax.figure
+
+
+def _wrap_lines(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(str(text), width) or [""]
 
 
 # --------------------------------------------------------------------------------------------- grids
@@ -213,11 +232,11 @@ def qualitative_grid(query_image, text: str, rows: Sequence[dict], model: str | 
     ``loader`` (default PIL)."""
     k = max((len(r["images"]) for r in rows), default=0)
     n = max(len(rows), 1)
-    fig = plt.figure(figsize=(thumb * (k + 2.4), thumb * 1.12 * n + 0.9))
-    gs = fig.add_gridspec(n, k + 2, width_ratios=[1.5, 0.9] + [1.0] * k, wspace=0.06, hspace=0.3,
-                          left=0.01, right=0.99, top=1 - 0.55 / fig.get_figheight(),
+    fig = plt.figure(figsize=(thumb * (k + 2.0), thumb * 1.12 * n + 1.1))
+    gs = fig.add_gridspec(n, k + 2, width_ratios=[1.25, 0.75] + [1.0] * k, wspace=0.06, hspace=0.3,
+                          left=0.01, right=0.99, top=1 - 0.75 / fig.get_figheight(),
                           bottom=0.35 / fig.get_figheight())
-    ax_q = fig.add_subplot(gs[:, 0])
+    ax_q = fig.add_subplot(gs[0:min(2, n), 0])  # the first rows only: no empty gutter beside the grid
     ax_q.imshow(_as_image(query_image, loader))
     ax_q.axis("off")
     ax_q.set_title("query", fontsize=9, fontweight="bold")
@@ -234,7 +253,8 @@ def qualitative_grid(query_image, text: str, rows: Sequence[dict], model: str | 
                   fontsize=8)
         axes = [fig.add_subplot(gs[i, 2 + j]) for j in range(len(row["images"]))]
         draw_image_row(axes, row["images"], row["positive"], row.get("labels"), loader)
-    fig.suptitle(title or "Top-k archive images for several λ (green outline: positive)", fontsize=10)
+    fig.suptitle((title or "Top-k archive images for several λ") + "\ngreen outline = positive: relevant to this "
+                 "(query, text) under the benchmark's ground truth; grey: not relevant", fontsize=10)
     return stamp(fig, model)
 
 

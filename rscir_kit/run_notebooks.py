@@ -686,11 +686,18 @@ def headline(out: Path, entries: dict) -> list[str]:
             cols = [c for c in row if c != "avg"] + (["avg"] if "avg" in row else [])
             lines.append(f"- Table 2, WeiCom (λ={r3['best_lambda']:g}) row: "
                          + ", ".join(f"{c} {row[c]:.2f}" for c in cols if row[c] is not None))
+        per_dir = (r3.get("map_per_direction") or {})
+        wrow, irow = per_dir.get(f"weicom@{r3['best_lambda']:g}"), per_dir.get("image")
+        if wrow and irow:
+            lines.append("- per direction, WeiCom (λ={:g}) vs image only: ".format(r3["best_lambda"]) + ", ".join(
+                f"{d} {wrow[d]:.2f} vs {irow[d]:.2f}" for d in wrow if d != "avg" and d in irow))
     r4 = _read_results(out, find("04")) if find("04") else {}
     if r4.get("best_lambda_avg") is not None:
         grid = r4.get("lambdas") or []
         lines.append(f"- λ ablation ({len(grid)} values{', ' + _grid_text(grid) if grid else ''}): best λ "
-                     f"{r4['best_lambda_avg']:g}, mAP {r4['best_avg']:.2f}")
+                     f"{r4['best_lambda_avg']:g}, mAP {r4['best_avg']:.2f}"
+                     + (f"; finer grid near it (step 0.02): best λ {r4['best_lambda_fine']:g}, mAP "
+                        f"{r4['best_avg_fine']:.2f}" if r4.get("best_lambda_fine") is not None else ""))
     r7 = _read_results(out, find("07")) if find("07") else {}
     rec = r7.get("recall") or {}
     if rec:

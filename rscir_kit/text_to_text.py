@@ -141,7 +141,9 @@ def text_to_text_benchmark(caption_set, image_features, clip_encoder, text_encod
         d_texts, d_owner = flatten_descriptions(descs)
         q_clip = encode_cached(clip_encoder, list(q_texts), caches["__clip__"], batch_size).astype(np.float64)
         s_t2i = q_clip @ img.T
-        clip_id = getattr(clip_encoder, "model_id", "clip")
+        clip_id = str(getattr(clip_encoder, "model_id", "clip"))
+        if clip_id.startswith("local-dir:"):  # tables name the model, never a local absolute path
+            clip_id = clip_id[len("local-dir:"):].rstrip("/").rsplit("/", 1)[-1]
         rows = {("text→image", clip_id, "", np.nan): text_image_recall(s_t2i, q_image, ks, ties=ties)}
         for name, enc in text_encoders.items():
             q = encode_cached(enc, list(q_texts), caches[name], batch_size).astype(np.float64)

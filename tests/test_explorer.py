@@ -263,3 +263,40 @@ def test_grid_rows_leave_the_explorer_selection_alone(world):
     before = ex.set(query=1, text="other", lam=0.3)
     grid_rows(ex, 0, "with e1", [0.0, 1.0], images=False)
     assert ex.state is before and (ex.query, ex.text, ex.lam) == (archive.paths[1], "other", 0.3)
+
+
+def test_widget_live_map_arrives_without_blocking(world):
+    archive, qs, texts = world
+    ex = LambdaExplorer(archive, queries=qs, texts=texts, k=5, benchmark_name="toy")
+    ex.widget()  # returns at once; the engine runs over the slider's λ grid in a thread
+    ex._live_thread.join(120)
+    w = ex._widgets
+    w["lam"].value = 0.3
+    view = w["view"].value
+    assert f"benchmark mAP of WeiCom at λ=0.3: toy <b>{ex.live.loc[0.3, 'toy']:.2f}</b>" in view
+    assert len(ex.live) == 21
+    plt.close("all")
+
+
+def test_select_examples_shows_wins_failures_random_and_a_remove_query():
+    from rscir_kit.explorer import select_examples
+
+    rng = np.random.default_rng(3)
+    n = 40
+    table = pd.DataFrame({"attribute": [f"a{i % 4}" for i in range(n)],
+                          "direction": ["add"] * 30 + ["remove"] * 10})
+    img, txt = rng.uniform(0.1, 0.5, n), rng.uniform(0.0, 0.3, n)
+    wei = img + rng.normal(0, 0.1, n)
+    wei[7] = img[7] - 0.3  # the worst failure
+    rows = [{"pair": p, "method": m, "lambda": lam, "ap": v, "attribute": table.attribute[p], "n_pos": 3}
+            for p in range(n) for m, lam, v in (("image", np.nan, img[p]), ("text", np.nan, txt[p]),
+                                                ("weicom", 0.1, wei[p]))]
+    per_pair = pd.DataFrame(rows)
+    picked = select_examples(per_pair, 0.1, table, n=2, seed=0)
+    kinds = [k for _, k in picked]
+    assert kinds[:2] == ["best gain", "best gain"] and "failure" in kinds
+    assert dict((k, p) for p, k in picked)["failure"] == 7
+    assert sum(k.startswith("random") for k in kinds) == 2
+    assert any(table.direction[p] == "remove" for p, _ in picked)
+    assert len({p for p, _ in picked}) == len(picked)  # no pair twice
+    assert select_examples(per_pair, 0.1, table, n=2, seed=0) == picked  # fixed seed: the same figures

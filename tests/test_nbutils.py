@@ -154,3 +154,23 @@ def test_setup_resolves_relative_variables_without_rewriting_the_environment(env
     p = nbutils.setup("01_x")
     assert p.data_root == (nbutils.repo_root() / "../shared/data").resolve()
     assert os.environ["RSCIR_DATA"] == "../shared/data"
+
+
+def test_figures_of_a_reduced_run_are_marked(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    params = nbutils.setup("01_x", output_dir=tmp_path / "o", size=5, device="cpu")
+    rec = nbutils.Recorder(params)
+    fig, ax = plt.subplots()
+    saved = rec.figure(fig, "f")
+    assert any("REDUCED RUN: 5 images per class" in t.get_text() for t in fig.texts)
+    assert repr(saved) == "saved f.png, f.pdf"  # one line in a notebook, not a list of PosixPaths
+    assert rec.record(x=1) is None  # nothing to print at the end of a cell
+    full = nbutils.Recorder(nbutils.setup("01_y", output_dir=tmp_path / "p", device="cpu"))
+    fig2, _ = plt.subplots()
+    full.figure(fig2, "g")
+    assert not fig2.texts
+    plt.close("all")

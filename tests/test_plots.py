@@ -81,9 +81,12 @@ def test_lambda_ablation_plot_marks_best():
     ax_kit, ax_paper = fig.axes[:2]
     assert [l.get_xdata()[0] for l in ax_kit.lines if l.get_linestyle() == ":"] == [0.5]
     assert [l.get_xdata()[0] for l in ax_paper.lines if l.get_linestyle() == ":"] == [0.6]
-    assert any("best λ=0.5" in t.get_text() for t in ax_kit.texts)
+    assert "best λ = 0.5 (dotted)" in ax_kit.get_title() and "best λ = 0.6" in ax_paper.get_title()
+    assert not ax_kit.texts, "no annotation inside the axes (it overlapped the curves)"
     assert {l.get_label() for l in ax_kit.lines} >= {"color", "shape", "avg"}
     assert "STAND-IN" in fig._rscir_label
+    assert "STAND-IN" in ax_kit.get_xlabel() and "STAND-IN" not in ax_paper.get_xlabel()  # the stamp: kit panel only
+    assert not fig.texts, "no figure-wide stamp across the paper's panel"
     fig.savefig(__import__("io").BytesIO(), format="png")
     plt.close(fig)
 

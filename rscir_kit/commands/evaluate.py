@@ -116,7 +116,8 @@ def register(subparsers) -> None:
                         help="table rows: a grouping column of the benchmark (default: its first, e.g. attribute)")
         sp.set_defaults(func=run_benchmark)
 
-    qf = bench.add_parser("queries", help="any query-set file written by rscir-kit (QuerySet.to_csv)")
+    qf = bench.add_parser("queries", help="any query-set file written by rscir-kit (QuerySet.to_csv, or the UCM-Com "
+                                          "groups of `rscir-kit ucm queries --out`)")
     _common(qf)
     qf.add_argument("--queries", required=True, metavar="QUERIES.csv")
     qf.add_argument("--by", default=None, help="group column for the table (default: the file's first group column)")
@@ -331,6 +332,14 @@ def run_benchmark(args) -> int:
     return _run(args, queries, by, loaded)
 
 
+def _is_ucmcom_groups(path) -> bool:
+    from ..datasets.ucmcom import GROUP_COLUMNS
+
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        header = f.readline().strip().split(",")
+    return set(GROUP_COLUMNS) <= set(header)
+
+
 def run_queries(args) -> int:
     from ..queries import QuerySet
 
@@ -338,7 +347,12 @@ def run_queries(args) -> int:
     if not Path(args.queries).is_file():
         raise DataError(f"--queries {args.queries}: no such file")
     loaded = _load(args)
-    queries = QuerySet.read_csv(args.queries, loaded.archive.paths)
+    if _is_ucmcom_groups(args.queries):  # `rscir-kit ucm queries --out` writes UCM-Com groups: read them too
+        from ..datasets.ucmcom import load_groups, queryset_from_groups
+
+        queries = queryset_from_groups(load_groups(args.queries), loaded.archive.paths)
+    else:
+        queries = QuerySet.read_csv(args.queries, loaded.archive.paths)
     by = args.by or (queries.group_columns[0] if queries.group_columns else None)
     if by is not None and by not in queries.table.columns:
         raise DataError(f"--by {by!r} is not a column of {args.queries} (columns: {list(queries.table.columns)})")
