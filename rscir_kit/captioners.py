@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .config import resolve_device
+from .config import resolve_device, show_progress
 from .errors import DataError
 from .imagesets import load_image
 
@@ -81,7 +81,7 @@ def zero_shot_descriptions(image_feats: np.ndarray, encoder, class_texts: Sequen
 def describe_images(captioner: Captioner, files: Sequence, batch_size: int = 8, progress: bool = True) -> list:
     """Run ``captioner`` over image files (paths) in batches → list of N description lists."""
     out: list = []
-    for s in tqdm(range(0, len(files), batch_size), desc="describe images", disable=not progress):
+    for s in tqdm(range(0, len(files), batch_size), desc="describe images", disable=not show_progress(progress)):
         batch = [load_image(f) for f in files[s:s + batch_size]]
         descs = captioner(batch)
         if len(descs) != len(batch):

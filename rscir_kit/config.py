@@ -8,6 +8,7 @@
 | RSCIR_CACHE     | feature cache folder                                      | ``~/.cache/rscir_kit/features`` |
 | RSCIR_DEVICE    | ``auto`` / ``cpu`` / ``cuda`` / ``cuda:1``                | ``auto``                     |
 | RSCIR_OUTPUT    | where the main job writes notebooks, figures and tables  | ``./outputs``                |
+| RSCIR_PROGRESS  | ``0``: no progress bars (set by the main job)            | ``1``                        |
 """
 from __future__ import annotations
 
@@ -103,3 +104,9 @@ def resolve_device(device: str | None = "auto"):
         raise RscirError(f"device {device!r} requested but CUDA is not available here (torch {torch.__version__}); "
                          "use auto or cpu (--device cpu, or unset RSCIR_DEVICE)")
     return dev
+
+
+def show_progress(progress: bool = True) -> bool:
+    """Whether to draw a progress bar: ``progress`` unless ``$RSCIR_PROGRESS`` is ``0`` (the main job sets it:
+    inside executed notebooks a bar has no live display and would be saved as "0%| | 0/2100")."""
+    return bool(progress) and os.environ.get("RSCIR_PROGRESS", "1").strip().lower() not in ("0", "false", "no", "off")

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import methods as registry
-from .config import resolve_device
+from .config import resolve_device, show_progress
 from .errors import DataError, ModelMismatchError, ParameterError
 from .metrics import _OP, block_metrics, pad_positives, positive_ranks, ranking_metrics, sort_rows
 from .normalization import normalize, official_cdf, weicom_upper_tail
@@ -502,7 +502,7 @@ def _run(plan: Plan, progress: bool, desc: str) -> tuple[np.ndarray, np.ndarray]
         ops = [r.op for r in plan.rankings]
         txt_side = _score_side(plan, plan.txt_inputs, plan.Qtxt, np.arange(plan.Qtxt.shape[0]), txt_buffers,
                                "sorted_b" in ops)
-    with tqdm(total=n_pairs, desc=desc, unit="pair", disable=not progress) as bar:
+    with tqdm(total=n_pairs, desc=desc, unit="pair", disable=not show_progress(progress)) as bar:
         for block in _blocks(plan.img_of_pair, plan.max_pairs):
             _score_block(plan, block, img_buffers, txt_buffers, txt_side, ap, hits)
             bar.update(len(block))

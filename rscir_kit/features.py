@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, config
 from .errors import DataError, ModelMismatchError
 from .imagesets import ImageCollection, decode_image
 from .io import atomic_write, output_errors, remove_temp_files, run_lock, write_text_atomic
@@ -451,7 +451,7 @@ def _extract_locked(coll, encoder, out, batch_size, resume, progress, chunk_size
     batches = [(c, chunk[s:s + batch_size]) for c, chunk in enumerate(chunks) for s in range(0, len(chunk), batch_size)]
 
     reused = n - len(todo) - len(missing)
-    bar = tqdm(total=n, initial=reused + len(missing), unit="img", disable=not progress, desc=f"extract {out.name}")
+    bar = tqdm(total=n, initial=reused + len(missing), unit="img", disable=not config.show_progress(progress), desc=f"extract {out.name}")
     try:
         done_keys: list[str] = []
         done_rows: list[np.ndarray] = []

@@ -356,11 +356,11 @@ def _kernel_env():
       import the same rscir_kit as the runner (matters for a clone next to another installed copy).
     * ``MPLBACKEND`` is set to the inline backend: a headless ``MPLBACKEND=Agg`` (CI, Makefiles) would
       otherwise leave the executed notebooks without their figures (the PNG/PDF files are written either way).
-    * ``TQDM_DISABLE=1``: no progress bars inside the notebooks (without a live display their saved output
+    * ``RSCIR_PROGRESS=0`` (the kit's bars) and ``TQDM_DISABLE=1`` (other libraries'): no progress bars inside the notebooks (without a live display their saved output
       would read "0%| | 0/2100"); the runner shows cell progress instead.
     """
     root = nbutils.repo_root()
-    wanted = {"MPLBACKEND": INLINE_BACKEND, "TQDM_DISABLE": "1"}
+    wanted = {"MPLBACKEND": INLINE_BACKEND, "TQDM_DISABLE": "1", "RSCIR_PROGRESS": "0"}
     if root is not None:
         old_path = os.environ.get("PYTHONPATH")
         wanted["PYTHONPATH"] = os.pathsep.join([str(root)] + ([old_path] if old_path else []))
