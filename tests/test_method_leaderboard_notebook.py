@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 from scipy.special import ndtr
 
-from rscir_kit import nbutils, run_notebooks
+from rscir_kit import run_notebooks
+from rscir_kit.datasets import get_benchmark
 from rscir_kit.features import ImageFeatures, TextFeatures
 from rscir_kit.metrics import average_precision
 from rscir_kit.stats import QuerySplit
@@ -61,9 +62,7 @@ def test_09_selection_and_test_map_match_plain_numpy(executed):
     archive = ImageFeatures.load(r["image_features"])
     texts = TextFeatures.load(r["text_features"])
     split = QuerySplit.load(r["split"]["file"])
-    params = nbutils.NotebookParams("x", "ucmcom", executed["data"], executed["model"], executed["out"], [0.5],
-                                    "cpu", executed["out"], SIZE, 64)
-    qs = nbutils.benchmark_queries(params, archive.paths)
+    qs = get_benchmark("ucmcom", data_root=executed["data"]).queries(archive.paths, missing="drop")
     X = archive.feats.astype(np.float64)
     idx = {p: i for i, p in enumerate(archive.paths)}
     side = split.side_of(qs.table["query_path"].astype(str))
