@@ -383,7 +383,7 @@ def test_runner_skips_a_notebook_whose_manual_only_data_is_missing(tmp_path, cap
 
 
 def test_every_committed_notebook_is_executed_by_the_tests():
-    """make test runs each notebook once (papermill, here and in test_ucm_notebooks / test_method_leaderboard_notebook)
+    """make test runs each notebook once (papermill, here and in test_notebooks_captions / test_notebooks_leaderboard)
     instead of once more through nbval: every committed notebook must be among those runs."""
     executed_by_tests = set(MINE) | {"07_text_image_retrieval", "08_text_to_text", "09_method_leaderboard"}
     assert {p.stem for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb")} == executed_by_tests
