@@ -538,6 +538,7 @@ def _run(paths, folder, out, common, kernel, timeout, say, live, force) -> dict:
         say(f"  missing inputs: {', '.join(m.what for m in missing.values())} (how to get them: at the end)")
     t_all = time.perf_counter()
     state["parameters"] = common
+    state["kit"] = kit
     try:
         for i, nb in enumerate(paths, start=1):
             label = f"[{i}/{len(paths)}] {nb.stem}"
@@ -802,7 +803,7 @@ def index_markdown(out: Path, state: dict) -> str:
         lines.append("")
     for stem, e in sorted(entries.items()):
         if e.get("status") in ("running", "interrupted", "failed"):
-            word = {"running": "incomplete (the run stopped while it was executing)",
+            word = {"running": "not finished (being executed now, or its run was killed)",
                     "interrupted": "interrupted", "failed": "FAILED"}[e["status"]]
             lines += [f"### {stem}: {word}", ""]
             if e.get("error"):

@@ -123,7 +123,7 @@ def test_a_killed_run_is_reported_incomplete_not_done(tmp_path):
     state = {"notebooks": {"01_a": {"notebook": "01_a", "status": "running", "executed": str(out / "01_a.ipynb"),
                                     "parameters": {}}}}
     text = run_notebooks.index_markdown(out, state)
-    assert "01_a: incomplete" in text
+    assert "01_a: not finished" in text
     assert not run_notebooks._up_to_date(state["notebooks"]["01_a"], {"digest": "x"}, out)
 
 
