@@ -58,7 +58,9 @@ def standin_spec() -> str:
 
 
 SLOW_FIXTURES = {"executed"}
-REAL_FIXTURES = {"shared_data": SHARED_DATA, "patternnet_filelist": SHARED_DATA, "standin_spec": SHARED_WEIGHTS}
+REAL_FIXTURES = {"shared_data": SHARED_DATA, "patternnet_filelist": SHARED_DATA, "standin_spec": SHARED_WEIGHTS,
+                 # the browser tests' notebook environment needs both (tests/test_browser.py)
+                 "env_and_notebook": SHARED_DATA and SHARED_WEIGHTS}
 
 
 def pytest_collection_modifyitems(config, items):
