@@ -49,7 +49,7 @@ explorer: $(BIN)/.installed
 #                   runs of every notebook on small data with assertions on their results (each notebook executes
 #                   once; tests/test_notebooks.py checks that every committed notebook is among them)
 #   make test-fast  the edit loop (under a minute): no slow tests (real images, models, notebooks)
-#   make test-nbval the committed notebooks once more through nbval with RSCIR_SIZE=5 (optional; not in make test)
+#   make test-nbval the committed notebooks once more through nbval with RSCIR_SIZE=5 (.ci/run runs it after make test)
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
 
