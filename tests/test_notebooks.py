@@ -270,21 +270,42 @@ def test_04_ablation_table_and_best_lambda(executed):
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_05_grids_show_the_real_positives(executed):
+    from rscir_kit.metrics import average_precision
+
     r5 = executed["results"]["05_qualitative_grids"]
-    _, archive, _, qs = _recomputed_baselines(executed)
-    assert len(r5["examples"]) == 3 and r5["row_lambdas"][0] == 0.0 and r5["row_lambdas"][-1] == 1.0
+    _, archive, texts, qs = _recomputed_baselines(executed)
+    examples = r5["examples"]
+    assert r5["row_lambdas"][0] == 0.0 and r5["row_lambdas"][-1] == 1.0
     assert r5["best_lambda"] in r5["row_lambdas"]
-    assert len(r5["figures"]) == 3
-    for ex in r5["examples"]:
+    # not only wins: 3 best gains (n_examples), the worst failure, 3 random pairs (seed 0), a "without" query
+    kinds = [ex["kind"] for ex in examples]
+    assert kinds.count("best gain") == 3 and kinds.count("failure") == 1 and kinds.count("random (seed 0)") == 3
+    assert len({ex["pair"] for ex in examples}) == len(examples)
+    assert len(r5["figures"]) == len(examples)
+    idx = {p: i for i, p in enumerate(archive.paths)}
+    gains, directions = {}, []
+    for ex in examples:
         rows = qs.table.index[(qs.table["query_path"] == ex["query"]) & (qs.table["text"] == ex["text"])]
+        directions.append(qs.table.loc[rows[0], "direction"])
         positives = set(archive.paths[qs.positives(rows[0])])
+        assert ex["n_positives"] == len(positives)
         for row in ex["rows"]:
             assert len(row["topk"]) == r5["k"]
             assert row["positive"] == [p in positives for p in row["paths"]]
             assert 0.0 < row["ap"] <= 1.0
         by_lam = {row["lam"]: row["ap"] for row in ex["rows"]}
-        # chosen where WeiCom at the best λ does at least as well as either modality alone
-        assert by_lam[r5["best_lambda"]] >= max(by_lam[0.0], by_lam[1.0])
+        if ex["kind"] == "best gain":
+            # chosen where WeiCom at the best λ does at least as well as either modality alone
+            assert by_lam[r5["best_lambda"]] >= max(by_lam[0.0], by_lam[1.0])
+        # gain over the better plain baseline, recomputed with numpy (raw image-only / text-only scores)
+        rel = np.zeros(len(archive.paths), bool)
+        rel[qs.positives(rows[0])] = True
+        base = max(average_precision(archive.feats @ archive.feats[idx[ex["query"]]], rel),
+                   average_precision(archive.feats @ texts.lookup([ex["text"]])[0], rel))
+        gains[ex["pair"]] = by_lam[r5["best_lambda"]] - base
+    assert "remove" in directions
+    failure = next(ex["pair"] for ex in examples if ex["kind"] == "failure")
+    assert all(gains[failure] <= g + 1e-9 for g in gains.values())
 
 
 @pytest.mark.slow
