@@ -1,14 +1,15 @@
 """What a researcher waits for: the λ explorer's redraw per slider step and the ``search`` command end to end.
 
     RSCIR_DATA=../shared/data RSCIR_WEIGHTS=../shared/weights HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \\
-        python benchmarks/bench_ux.py [--out benchmarks/results/bench_ux.md]
+        python benchmarks/bench_ux.py [--out benchmarks/results/bench_ux.md] [--before TREE]
 
 Explorer (UC Merced, 2,100 images, UCM-Com, the offline stand-in): the kernel-side work of one λ step through
 the widget (``set`` + the HTML view, what is sent to the browser) at k = 8 and k = 24, against the previous
 widget's path (``set`` + a full matplotlib figure per step); the first view of a new (query, text) pair (the
 λ-independent score panel is rendered then, once); the live benchmark mAP over the slider's 21 λ values.
 CLI: ``rscir-kit search`` as subprocesses: image-only (an archive image), composed with a cached text,
-composed with a model load, and a batch of 100 composed queries (cold: model loaded once; warm: cached texts).
+composed with a model load, and a batch of 100 composed queries (cold: model loaded once; warm: cached texts);
+``--before TREE`` adds a column for another checkout (the code before a change), timed in the same run.
 Timings come from a shared machine: compare ratios within one run.
 """
 from __future__ import annotations
@@ -93,24 +94,30 @@ def _cli(args: list[str], env: dict) -> float:
     return took
 
 
-def cli_timings(lines: list[str]) -> None:
+def _tree_env(tree: Path, work: Path, name: str) -> dict:
+    """The environment of a user's shell running ``tree``'s rscir_kit, with its own query-text cache. Bytecode
+    caches are allowed (as in any installed package), whatever this shell's PYTHONDONTWRITEBYTECODE says."""
+    env = dict(os.environ, PYTHONPATH=str(tree) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               RSCIR_CACHE=str(work / f"cache_{name}"))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def cli_timings(lines: list[str], before: Path | None = None) -> None:
+    """``search`` end to end for this checkout and, with ``before``, for another checkout (the code before a
+    change) in the same run, so the two columns see the same machine load."""
     from rscir_kit import nbutils
 
     params = nbutils.setup("bench_ux", output_dir=tempfile.mkdtemp(prefix="bench_ux_"), device="cpu")
     bench = nbutils.load_benchmark(params, progress=False)
     work = Path(tempfile.mkdtemp(prefix="bench_ux_cli_"))
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               RSCIR_CACHE=str(work / "cache"))
+    trees = {"this checkout": REPO} | ({f"before ({before})": before} if before else {})
+    envs = {name: _tree_env(tree, work, f"t{i}") for i, (name, tree) in enumerate(trees.items())}
+    first = next(iter(envs.values()))
     _cli(["index", "build", "--features", str(bench.image_features_path), "--out", str(work / "idx"), "--fast", "none",
-          "--quiet"], env)
+          "--quiet"], first)
     idx = ["search", "--index", str(work / "idx"), "-k", "10"]
     q = str(bench.archive.paths[101])
-    rows = ["", "| search, end to end (new process) | seconds |", "|---|---|"]
-    rows.append(f"| `python -c pass` (interpreter start, for scale) | "
-                f"{min(_py_start() for _ in range(3)):.2f} |")
-    rows.append(f"| image-only, an archive image | {min(_cli(idx + ['--image', q, '--lam', '0'], env) for _ in range(3)):.2f} |")
-    rows.append(f"| composed, text not cached (model load) | {_cli(idx + ['--image', q, '--text', 'with cars'], env):.2f} |")
-    rows.append(f"| composed, cached text | {min(_cli(idx + ['--image', q, '--text', 'with cars'], env) for _ in range(3)):.2f} |")
     rng = np.random.default_rng(0)
     texts = bench.queries.table["text"].unique().tolist() + [f"with {w}" for w in ("a lake", "two roads", "red roofs")]
     batch = work / "batch.csv"
@@ -119,11 +126,26 @@ def cli_timings(lines: list[str]) -> None:
         for _ in range(100):
             f.write(f"{bench.archive.paths[rng.integers(len(bench.archive.paths))]},{rng.choice(texts)},"
                     f"{rng.choice([0.1, 0.3, 0.5, 0.7])}\n")
-    for p in (work / "cache").glob("query_texts_*"):
-        p.unlink()
-    rows.append(f"| batch of 100 composed queries, texts not cached (one model load) | "
-                f"{_cli(idx + ['--batch', str(batch)], env):.2f} |")
-    rows.append(f"| batch of 100 composed queries, cached texts | {_cli(idx + ['--batch', str(batch)], env):.2f} |")
+    results = {}
+    for name, env in envs.items():
+        _cli(idx + ["--image", q, "--lam", "0"], env)  # warm-up: bytecode caches written, files in the page cache
+        r = results[name] = {}
+        r["image-only, an archive image (best of 3)"] = min(_cli(idx + ["--image", q, "--lam", "0"], env)
+                                                            for _ in range(3))
+        r["composed, text not cached (model load)"] = _cli(idx + ["--image", q, "--text", "with cars"], env)
+        r["composed, cached text (best of 3)"] = min(_cli(idx + ["--image", q, "--text", "with cars"], env)
+                                                     for _ in range(3))
+        r["batch of 100 composed queries, texts not cached (one model load)"] = _cli(idx + ["--batch", str(batch)], env)
+        r["batch of 100 composed queries, cached texts"] = _cli(idx + ["--batch", str(batch)], env)
+    names = list(results)
+    rows = ["", "| search, end to end (new process), seconds | " + " | ".join(names)
+            + (" | this / before |" if before else " |"), "|---|" + "---|" * (len(names) + bool(before))]
+    rows.append(f"| `python -c pass` (interpreter start, for scale) | {min(_py_start() for _ in range(3)):.2f} |"
+                + " |" * (len(names) - 1 + bool(before)))
+    for key in results[names[0]]:
+        vals = [results[n][key] for n in names]
+        rows.append(f"| {key} | " + " | ".join(f"{v:.2f}" for v in vals)
+                    + (f" | {vals[0] / vals[1]:.2f} |" if before else " |"))
     lines += rows
 
 
@@ -137,13 +159,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None, help="also write the results (markdown) here")
     parser.add_argument("--skip-cli", action="store_true")
+    parser.add_argument("--before", type=Path, default=None, metavar="TREE",
+                        help="also time search with this checkout's rscir_kit (e.g. `git worktree add /tmp/before "
+                             "<commit>`), in the same run: a before/after column")
     args = parser.parse_args(argv)
     lines = [f"# bench_ux ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, load average "
              f"{', '.join(f'{v:.1f}' for v in os.getloadavg())})", "", "## λ explorer (UCM, 2,100 images)", ""]
     explorer_timings(lines)
     if not args.skip_cli:
         lines += ["", "## rscir-kit search (stand-in, UCM index)"]
-        cli_timings(lines)
+        cli_timings(lines, args.before)
     lines.append(f"\nload average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
     text = "\n".join(lines) + "\n"
     print(text)

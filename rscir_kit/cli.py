@@ -1,7 +1,9 @@
 """``rscir-kit`` / ``python -m rscir_kit``: one sub-command per module in ``rscir_kit/commands``.
 
 Each command module exposes ``register(subparsers)`` which adds its parser and sets ``func``
-(a callable taking the parsed ``argparse.Namespace`` and returning an exit code).
+(a callable taking the parsed ``argparse.Namespace`` and returning an exit code). The dispatch is the one
+place that is lazy: only the module of the command that runs is imported (``commands.COMMANDS``); the other
+commands appear in ``--help`` by their one-line help.
 """
 from __future__ import annotations
 
@@ -12,16 +14,8 @@ import sys
 import warnings
 
 from . import __version__
+from .commands import COMMANDS
 from .errors import RscirError
-
-# Command modules, in the order they appear in --help.
-COMMAND_MODULES = [
-    "rscir_kit.commands.extract",
-    "rscir_kit.commands.evaluate",
-    "rscir_kit.commands.index",
-    "rscir_kit.commands.notebooks",
-    "rscir_kit.commands.ucm",
-]
 
 
 class Parser(argparse.ArgumentParser):
@@ -31,26 +25,30 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv``: every command's module registered when ``argv`` is None, else only the module of
+    the command ``argv`` names (the others are listed by name and help)."""
+    wanted = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
     parser = Parser(
         prog="rscir-kit",
         description="Remote sensing composed image retrieval toolkit (WeiCom, PatternCom, UCM benchmarks).",
     )
     parser.add_argument("--version", action="version", version=f"rscir-kit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a command module not written yet
-            if exc.name == name:
-                continue
-            raise
-        module.register(sub)
+    registered = set()
+    for command, (module, help_line) in COMMANDS.items():
+        if wanted is None or COMMANDS.get(wanted, ("",))[0] == module:
+            if module not in registered:
+                importlib.import_module(module).register(sub)
+                registered.add(module)
+        else:
+            sub.add_parser(command, help=help_line)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

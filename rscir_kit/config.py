@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 STANDIN_NAME = "ucm-minilm-standin"
@@ -110,3 +111,11 @@ def show_progress(progress: bool = True) -> bool:
     """Whether to draw a progress bar: ``progress`` unless ``$RSCIR_PROGRESS`` is ``0`` (the main job sets it:
     inside executed notebooks a bar has no live display and would be saved as "0%| | 0/2100")."""
     return bool(progress) and os.environ.get("RSCIR_PROGRESS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def model_slug(model: str) -> str:
+    """File-name-safe short form of a model spec (``local-dir:/x/ucm-minilm-standin`` → ``ucm-minilm-standin``)."""
+    text = str(model)
+    if text.startswith("local-dir:"):
+        text = Path(text[len("local-dir:"):]).name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"

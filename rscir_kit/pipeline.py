@@ -14,20 +14,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .config import model_slug  # noqa: F401  (re-exported: cache names)
 from .datasets import get_benchmark
 from .datasets.base import Benchmark
 from .encoders import load_encoder
 from .errors import ModelMismatchError
 from .features import ImageFeatures, TextFeatures, check_same_model, encode_texts, extract_image_features
 from .imagesets import ImageCollection
-
-
-def model_slug(model: str) -> str:
-    """File-name-safe short form of a model spec (``local-dir:/x/ucm-minilm-standin`` → ``ucm-minilm-standin``)."""
-    text = str(model)
-    if text.startswith("local-dir:"):
-        text = Path(text[len("local-dir:"):]).name
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
 
 
 def caption_benchmark(data_root, encoder, cache_dir, captions=None, image_dir=None, split: str = "test",

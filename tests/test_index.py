@@ -357,3 +357,60 @@ def test_cli_search_cache_batch_and_messages(tmp_path, capsys, monkeypatch):
     assert cli.main(["search", "--index", idx_dir, "--image", "nosuch.jpg", "--lam", "0"]) == 2
     err = capsys.readouterr().err
     assert "nosuch.jpg" in err and "no such file" in err and "--images" not in err
+
+
+def test_search_of_stored_images_and_cached_texts_imports_no_model_stack(tmp_path, monkeypatch):
+    """``rscir-kit search`` (a fresh process, as a user runs it) with an image-only query of an archive image, a
+    composed query whose text is cached, and a batch of such queries imports neither torch/open_clip nor the
+    notebook stack (pandas, scipy, matplotlib, numba) -- and answers what the in-process search answers."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    features = pytest.importorskip("rscir_kit.features")
+    from rscir_kit import cli
+    from rscir_kit.commands import index as cmd
+
+    x, _ = _archive(n=700, d=16, seed=13)
+    features.ImageFeatures(x, [f"c/{i}.jpg" for i in range(700)], ["c"] * 700,
+                           {"model": "m-4"}).save(tmp_path / "f.npz")
+    idx_dir = str(tmp_path / "idx")
+    assert cli.main(["index", "build", "--features", str(tmp_path / "f.npz"), "--out", idx_dir, "--fast", "none",
+                     "--quiet"]) == 0
+
+    class FakeEncoder:
+        model_id, meta = "m-4", {"model": "m-4"}
+
+        def encode_texts(self, texts):
+            return np.stack([x[(len(t) * 11) % 700] for t in texts])
+
+    monkeypatch.setattr(cmd, "_load_encoder", lambda *a: FakeEncoder())
+    monkeypatch.setenv("RSCIR_CACHE", str(tmp_path / "cache"))
+    assert cli.main(["search", "--index", idx_dir, "--image", "c/3.jpg", "--text", "with a river", "-k", "3"]) == 0
+    batch = tmp_path / "q.csv"
+    batch.write_text("image,text,lam\nc/3.jpg,with a river,0.5\nc/8.jpg,,0\nc/5.jpg,with a river,0.3\n")
+    code = ("import sys\nfrom rscir_kit import cli\n"
+            "for argv in sys.argv[1:]:\n"
+            "    assert cli.main(argv.split('|')) == 0, argv\n"
+            "heavy = ('torch', 'open_clip', 'transformers', 'sentence_transformers', 'pandas', 'scipy', "
+            "'matplotlib', 'numba', 'IPython', 'ipywidgets')\n"
+            "print('HEAVY', sorted(m for m in heavy if m in sys.modules))\n")
+    runs = ["|".join(["search", "--index", idx_dir, "--image", "c/3.jpg", "--lam", "0", "-k", "3"]),
+            "|".join(["search", "--index", idx_dir, "--image", "c/3.jpg", "--text", "with a river", "-k", "3"]),
+            "|".join(["search", "--index", idx_dir, "--batch", str(batch), "-k", "3"])]
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(RSCIR_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(repo))
+    proc = subprocess.run([sys.executable, "-c", code, *runs], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "HEAVY []" in proc.stdout, proc.stdout[-500:]
+    assert "no model load" in proc.stdout  # the batch: every text from the cache
+    idx = ArchiveIndex.load(idx_dir)
+    row3, river = np.asarray(idx.rows[3], np.float32), FakeEncoder().encode_texts(["with a river"])[0]
+    lines = proc.stdout.splitlines()
+    for lam, want_q in ((0.0, idx.search(row3, None, lam=0.0, k=3)), (0.5, idx.search(row3, river, lam=0.5, k=3))):
+        head = next(i for i, line in enumerate(lines) if line.startswith(f"WeiCom top-3 of 700 images, λ={lam}"))
+        got = [int(line.split()[1]) for line in lines[head + 2:head + 5]]
+        assert got == want_q.indices.tolist()

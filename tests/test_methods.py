@@ -97,6 +97,27 @@ def test_cdf_and_upper_tail_stay_accurate_far_from_the_mean():
     np.testing.assert_allclose(normalize(torch.from_numpy(s), "weicom").numpy(), stats.norm.cdf(z), rtol=2e-4, atol=0)
 
 
+def test_numpy_upper_tail_is_scipy_ndtr_bit_for_bit():
+    """methods.upper_tail (Cephes' ndtr in numpy, so the index needs no scipy) equals scipy.special.ndtr(-z)
+    exactly: every branch (|x| < 1/√2, < 1, < 8, beyond, underflow), the branch edges, ±inf, NaN, scalars."""
+    from scipy.special import ndtr
+
+    from rscir_kit.methods import upper_tail
+
+    r2 = np.sqrt(2.0)
+    edges = np.array([0.0, -0.0, 1 / r2, -1 / r2, r2, -r2, 8 * r2, -8 * r2, 37.5, 38.5, -38.5, 1e300, -1e300,
+                      np.inf, -np.inf, np.nan])
+    z = np.concatenate([np.linspace(-45, 45, 400_001), np.random.default_rng(3).standard_normal(200_000) * 4,
+                        edges, np.nextafter(edges[2:8], 0), np.nextafter(edges[2:8], 100)])
+    got, want = upper_tail(z), ndtr(-z)
+    assert got.dtype == np.float64 and got.shape == z.shape
+    np.testing.assert_array_equal(got, want)                  # bit-identical, NaN where NaN
+    assert (got[np.isfinite(z)] > 0).sum() > 0.9 * np.isfinite(z).sum() and upper_tail(40.0) == 0.0
+    for v in (1.5, -0.3, np.float32(2.0), 9.0):
+        assert upper_tail(v) == ndtr(-np.float64(v)) and np.ndim(upper_tail(v)) == 0
+    np.testing.assert_array_equal(upper_tail(z[:12].reshape(3, 4)), want[:12].reshape(3, 4))
+
+
 def test_registry_names_labels_and_order():
     from rscir_kit import methods
 

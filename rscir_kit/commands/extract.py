@@ -7,8 +7,13 @@ import time
 from pathlib import Path
 
 from .. import config
-from ..errors import DataError
-from . import positive_int
+from ..encoders import load_encoder
+from ..errors import DataError, ParameterError
+from ..features import bad_files_path, check_same_model, encode_texts, extract_image_features, ImageFeatures
+from ..imagesets import ImageCollection, ImageDecoding
+from ..io import check_output_path, read_text
+from ..modelsetup import setup_for
+from . import add_command, positive_int
 from .setup_args import add_setup_args, setup_kwargs
 
 
@@ -23,8 +28,8 @@ def _add_model_args(p: argparse.ArgumentParser, matching: str | None = None) -> 
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "extract", help="encode an image collection into an image feature file (.npz); resumable",
+    p = add_command(
+        subparsers, "extract",
         description="Encode every image of a folder tree (class sub-folders) or a file list. Finished chunks are kept "
                     "in OUT.partial/; after an interrupt, run the same command again to resume.")
     src = p.add_mutually_exclusive_group(required=True)
@@ -54,7 +59,7 @@ def register(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_extract)
 
-    t = subparsers.add_parser("encode-text", help="encode texts (one per line) into a text feature file (.npz)")
+    t = add_command(subparsers, "encode-text")
     t.add_argument("--texts-file", required=True, metavar="FILE", help="UTF-8 text file, one text per line; blank lines ignored")
     t.add_argument("--out", required=True, metavar="TEXT.npz")
     t.add_argument("--features", metavar="FEATS.npz", default=None,
@@ -68,9 +73,6 @@ def register(subparsers) -> None:
 def _encoder(args, stored: dict | None = None):
     """The encoder the flags ask for; ``stored``: metadata of an artefact to match (its model and configuration are
     the defaults)."""
-    from ..encoders import load_encoder
-    from ..modelsetup import setup_for
-
     stored = stored or {}
     chosen = setup_for(stored, **setup_kwargs(args))
     model = args.model or stored.get("model") or config.default_model()
@@ -78,9 +80,6 @@ def _encoder(args, stored: dict | None = None):
 
 
 def _decoding(args, coll):
-    from ..errors import ParameterError
-    from ..imagesets import ImageDecoding
-
     bands = None
     if args.bands:
         try:
@@ -103,10 +102,6 @@ def _decoding(args, coll):
 
 
 def run_extract(args) -> int:
-    from ..features import bad_files_path, extract_image_features
-    from ..imagesets import ImageCollection
-    from ..io import check_output_path
-
     out = check_output_path(args.out, "file")
     if args.images:
         coll = ImageCollection.from_folder(args.images, limit_per_class=args.limit_per_class)
@@ -137,11 +132,6 @@ def run_extract(args) -> int:
 
 
 def run_encode_text(args) -> int:
-    from ..features import encode_texts
-    from ..io import check_output_path
-
-    from ..io import check_output_path, read_text
-
     path = Path(args.texts_file)
     if not path.is_file():
         raise DataError(f"texts file not found: {path}")
@@ -154,13 +144,9 @@ def run_encode_text(args) -> int:
     config.resolve_device(args.device or "auto")
     stored = None
     if args.features:
-        from ..features import ImageFeatures
-
         stored = ImageFeatures.load(args.features).meta
     enc = _encoder(args, stored)
     if stored is not None:
-        from ..features import check_same_model
-
         check_same_model(stored, enc.meta, names=(args.features, "the text encoder"))
     tf = encode_texts(texts, enc, out=args.out, batch_size=args.batch_size)
     print(f"rscir-kit encode-text: wrote {args.out} ({len(tf)} unique texts x {tf.feats.shape[1]})", file=sys.stderr)

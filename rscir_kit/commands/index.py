@@ -6,20 +6,31 @@
 """
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
+from .. import config
+from ..encoders import load_encoder
 from ..errors import DataError, ModelMismatchError, RscirError
-from . import positive_int
+from ..features import check_same_model
+from ..imagesets import load_image
+from ..index import ArchiveIndex
+from ..io import atomic_path, atomic_write, read_text
+from ..methods import check_lambda
+from ..modelsetup import SETUPS, flags_for, setup_for, setup_of
+from . import add_command, positive_int
 from .setup_args import add_setup_args, setup_kwargs
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "index", help="build / inspect an archive index for millisecond WeiCom search (rscir-kit search)",
+    p = add_command(
+        subparsers, "index",
         description="Archive index: float16 embeddings (memory-mapped), their mean and covariance (exact WeiCom "
                     "normalisation in O(d²)), and FAISS indexes for the threshold algorithm.")
     sub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
@@ -44,8 +55,8 @@ def register(subparsers) -> None:
     i.add_argument("--verify", action="store_true", help="check the sha256 of every index file (also the large ones)")
     i.set_defaults(func=run_info)
 
-    s = subparsers.add_parser(
-        "search", help="WeiCom top-k of an (image, text) query over an archive index",
+    s = add_command(
+        subparsers, "search",
         description="Composed search: score = λ·Φ(z_text) + (1-λ)·Φ(z_image), z-scores over the whole archive. "
                     "--mode exact (default) returns exactly the brute-force top-k; fast uses the approximate index.")
     s.add_argument("--index", required=True, metavar="INDEX_DIR")
@@ -75,15 +86,11 @@ def register(subparsers) -> None:
 
 # ----------------------------------------------------------------------------------------- build / info
 def run_build(args) -> int:
-    from ..index import ArchiveIndex
-
     fast = None if str(args.fast).lower() in ("none", "no", "off", "") else args.fast
     if args.setup:
         _require_setup(args.features, args.setup)
     paths = None
     if args.paths:
-        from ..io import read_text
-
         paths = [line.rstrip("\n") for line in read_text(args.paths, "paths file").splitlines()]
     idx = ArchiveIndex.build(args.features, args.out, paths=paths, model=args.model, fast=fast, nprobe=args.nprobe,
                              overwrite=args.overwrite, progress=not args.quiet)
@@ -96,8 +103,6 @@ def run_build(args) -> int:
 
 def _require_setup(features, name: str) -> None:
     """Refuse FEATS not made with the named setup (its stored configuration decides)."""
-    from ..modelsetup import SETUPS, flags_for, setup_of
-
     meta = {}
     if str(features).endswith(".npz") and Path(features).is_file():
         with np.load(features, allow_pickle=False) as z:
@@ -111,8 +116,6 @@ def _require_setup(features, name: str) -> None:
 
 
 def run_info(args) -> int:
-    from ..index import ArchiveIndex
-
     idx = ArchiveIndex.load(args.index, verify=True if args.verify else None)  # "index damaged: ..." when it is
     print(json.dumps(idx.meta, indent=1, sort_keys=True))
     if args.verify:
@@ -123,8 +126,6 @@ def run_info(args) -> int:
 # ----------------------------------------------------------------------------------------- search
 def _load_encoder(spec, device, setup):
     """Indirection so tests can substitute an encoder; ``setup``: a ModelSetup."""
-    from ..encoders import load_encoder
-
     return load_encoder(spec, device=device or "auto", setup=setup)
 
 
@@ -173,9 +174,7 @@ def format_table(rows: list[dict], columns=None) -> str:
 
 
 def _write_rows(rows: list[dict], out: Path) -> None:
-    import csv
 
-    from ..io import atomic_write
 
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".json":
@@ -194,15 +193,10 @@ def _write_rows(rows: list[dict], out: Path) -> None:
 # ------------------------------------------------------------------------------------ query-text cache
 def _text_cache_path(idx) -> Path:
     """``$RSCIR_CACHE/query_texts_<model>_<hash of the index's feature metadata>.npz``: one cache per index."""
-    import hashlib
-
-    from .. import config
-    from ..pipeline import model_slug
-
     ident = json.dumps(idx.meta.get("feature_meta") or {"model": idx.model_id, "n": idx.n}, sort_keys=True,
                        default=str)
     digest = hashlib.sha256(ident.encode()).hexdigest()[:12]
-    return config.cache_dir() / f"query_texts_{model_slug(idx.model_id or 'model')}_{digest}.npz"
+    return config.cache_dir() / f"query_texts_{config.model_slug(idx.model_id or 'model')}_{digest}.npz"
 
 
 def _load_text_cache(idx) -> tuple[dict, dict]:
@@ -219,15 +213,11 @@ def _load_text_cache(idx) -> tuple[dict, dict]:
     if meta.get("model") != idx.model_id:
         return {}, {}
     if idx.meta.get("feature_meta"):
-        from ..features import check_same_model
-
         check_same_model(idx.meta["feature_meta"], meta, names=(f"index {idx.root}", f"text cache {path}"))
     return dict(zip(texts, feats)), meta
 
 
 def _save_text_cache(idx, cache: dict, meta: dict) -> None:
-    from ..io import atomic_path
-
     path = _text_cache_path(idx)
     path.parent.mkdir(parents=True, exist_ok=True)
     texts = list(cache)
@@ -241,8 +231,6 @@ class _Queries:
     their stored rows, texts seen before come from the query-text cache."""
 
     def __init__(self, idx, args, flags):
-        from ..modelsetup import setup_for, setup_of
-
         self.idx, self.args = idx, args
         self.setup = setup_for(idx.meta.get("feature_meta"), flags["setup"], activation=flags["activation"],
                                precision=flags["precision"])
@@ -260,8 +248,6 @@ class _Queries:
                 raise ModelMismatchError(f"encoder {self.enc.model_id!r} differs from the index's model "
                                          f"{self.idx.model_id!r}")
             if self.idx.meta.get("feature_meta"):
-                from ..features import check_same_model
-
                 check_same_model(self.idx.meta["feature_meta"], self.enc.meta,
                                  names=(f"index {self.idx.root}", "the query encoder"))
         return self.enc
@@ -278,8 +264,6 @@ class _Queries:
             else:
                 files.append(name)
         if files:
-            from ..imagesets import load_image
-
             feats = self.encoder().encode_images([load_image(f) for f in files])
             out.update({f: np.asarray(v, np.float32) for f, v in zip(files, feats)})
         return out
@@ -305,9 +289,7 @@ class _Queries:
 
 def _read_batch(path: str, default_lam: float, default_k: int) -> list[dict]:
     """Rows ``image,text,lam[,k]`` of a batch file (CSV with a header; lam and k optional)."""
-    import csv
 
-    from ..methods import check_lambda as _check_lambda
 
     p = Path(path)
     if not p.is_file():
@@ -325,7 +307,7 @@ def _read_batch(path: str, default_lam: float, default_k: int) -> list[dict]:
             if image is None and text is None:
                 raise DataError(f"{path}:{line}: empty query (give an image and/or a text)")
             try:
-                lam = _check_lambda(float(row["lam"])) if row.get("lam") else default_lam
+                lam = check_lambda(float(row["lam"])) if row.get("lam") else default_lam
                 k = int(row["k"]) if row.get("k") else default_k
             except (ValueError, RscirError) as exc:
                 raise DataError(f"{path}:{line}: {exc}") from None
@@ -339,10 +321,7 @@ def _read_batch(path: str, default_lam: float, default_k: int) -> list[dict]:
 
 
 def run_search(args) -> int:
-    import time
 
-    from ..index import ArchiveIndex
-    from ..methods import check_lambda
 
     t0 = time.perf_counter()
     lam = check_lambda(args.lam)

@@ -13,13 +13,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import config
-from .setup_args import add_setup_args
+from ..datasets.captions import load_caption_set
+from ..datasets.ucm import default_root, UCMCaptions, UCMImages, UCMMultiLabel
+from ..datasets.ucmcom import save_groups, ucmcom_groups
+from ..encoders import load_encoder
 from ..errors import DataError
-from . import positive_int
+from ..features import ImageFeatures
+from ..modelsetup import setup_for
+from . import add_command, positive_int
+from .setup_args import add_setup_args, setup_kwargs
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("ucm", help="UC Merced data, UCM-Com queries, text↔image retrieval on caption sets")
+    p = add_command(subparsers, "ucm")
     sub = p.add_subparsers(dest="ucm_command", metavar="ACTION", required=True)
 
     d = sub.add_parser("download", help="download UCM images and multi-labels (UCM-Captions: manual, see the message)")
@@ -53,15 +59,10 @@ def register(subparsers) -> None:
 
 
 def _root(args) -> Path:
-    from ..datasets.ucm import default_root
-
     return default_root(args.root)
 
 
 def run_download(args) -> int:
-    from ..datasets.ucm import UCMCaptions, UCMImages, UCMMultiLabel
-    from ..errors import DataError
-
     root = _root(args)
     if root.exists() and not root.is_dir():
         raise DataError(f"--root {root} is a file; give the folder to download UC Merced into")
@@ -77,9 +78,6 @@ def run_download(args) -> int:
 
 
 def run_check(args) -> int:
-    from ..datasets.ucm import UCMCaptions, UCMImages, UCMMultiLabel
-    from ..datasets.ucmcom import ucmcom_groups
-
     root = _root(args)
     status = 0
     for name, make in (("images", lambda: UCMImages(root)), ("multi-labels", lambda: UCMMultiLabel(root)),
@@ -102,9 +100,6 @@ def run_check(args) -> int:
 
 
 def run_queries(args) -> int:
-    from ..datasets.ucm import UCMMultiLabel
-    from ..datasets.ucmcom import save_groups, ucmcom_groups
-
     groups = ucmcom_groups(UCMMultiLabel(_root(args)), min_count=args.min_count)
     path = save_groups(groups, args.out)
     print(f"{path}: {len(groups)} (class, label) groups, {int(groups.n_without.sum())} add + "
@@ -113,10 +108,6 @@ def run_queries(args) -> int:
 
 
 def run_captions(args) -> int:
-    from ..datasets.captions import load_caption_set
-    from ..datasets.ucm import UCMCaptions
-    from ..encoders import load_encoder
-    from ..features import ImageFeatures
     from ..retrieval import caption_retrieval, recall_table
 
     feats = ImageFeatures.load(args.features)
@@ -124,8 +115,6 @@ def run_captions(args) -> int:
         cs = load_caption_set(args.captions).split(args.split)
     else:
         cs = UCMCaptions(config.data_root() / "ucm").split(args.split)
-    from ..modelsetup import setup_for
-    from .setup_args import setup_kwargs
 
     model = args.model or feats.meta.get("model") or config.default_model()
     # the text tower is built with the configuration the image features record (flags override it)
