@@ -19,6 +19,7 @@ returns a tidy per-pair table. It never loops in Python over the archive or over
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -617,12 +618,28 @@ def summarize(per_pair: pd.DataFrame, by: str | None = "attribute", average_labe
 method_label = registry.method_label  # the one label of a (method, λ) row (re-exported for the CLI)
 
 
+def _natural_key(group) -> tuple:
+    """Sort key: case-insensitive, digit runs compared as numbers ("2 cars" before "10 cars")."""
+    parts = re.split(r"(\d+)", str(group).casefold())
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in parts], str(group)
+
+
+def group_order(groups, average_label: str = "avg") -> list:
+    """The one order of the group columns (``--by``) of every grouped table: PatternCom's attributes in the
+    paper's order (color, context, density, existence, quantity, shape), then every other group in natural
+    order (case-insensitive, numbers by value), ``average_label`` last (when present)."""
+    seen = [g for g in dict.fromkeys(groups) if g != average_label]
+    rest = sorted((g for g in seen if g not in ATTRIBUTES), key=_natural_key)
+    return [g for g in ATTRIBUTES if g in seen] + rest + ([average_label] if len(seen) < len(set(groups)) else [])
+
+
 def wide_table(summary: pd.DataFrame, by: str = "attribute", order=None, value: str = "map", keys: bool = False,
                decimals: int | None = 2, average_label: str = "avg") -> pd.DataFrame:
     """The paper's Table-2 layout of a :func:`summarize` table: one row per (method, λ), one column per group
     and ``avg`` last; rows in the paper's order (the registry's: Text, Image, Text & Image, WeiCom by λ, ...).
 
-    Columns follow ``order`` if given, else the paper's attributes first, then the others sorted. ``keys=False``: rows indexed by :func:`rscir_kit.methods.method_label` (the CLI table);
+    Columns follow ``order`` if given, else :func:`group_order`. ``keys=False``: rows indexed by
+    :func:`rscir_kit.methods.method_label` (the CLI table);
     ``keys=True``: ``method`` and ``lambda`` columns instead (the notebooks' tables, ``plots.summary_to_wide``).
     ``decimals``: rounding (None: none).
     """
@@ -630,11 +647,9 @@ def wide_table(summary: pd.DataFrame, by: str = "attribute", order=None, value: 
     frame["lambda"] = frame["lambda"].astype(float)
     rows = list(dict.fromkeys(zip(frame["method"], frame["lambda"].fillna(-1.0))))
     rows.sort(key=lambda r: registry.order_key(r[0], r[1] if r[1] >= 0 else None))
-    groups = [g for g in dict.fromkeys(frame[by]) if g != average_label]
+    groups = [g for g in group_order(frame[by], average_label) if g != average_label]
     if order is not None:
         groups = [g for g in order if g in groups]
-    else:
-        groups = [g for g in ATTRIBUTES if g in groups] + sorted(g for g in groups if g not in ATTRIBUTES)
     cols = groups + ([average_label] if (frame[by] == average_label).any() else [])
     lookup = {(m, -1.0 if lam != lam else lam, g): v
               for m, lam, g, v in zip(frame["method"], frame["lambda"], frame[by], frame[value])}

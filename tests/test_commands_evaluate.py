@@ -94,3 +94,38 @@ def test_evaluate_ucmcom_table_by_direction(tmp_path, capsys):
     assert list(df.columns[:4]) == ["method", "lambda", "direction", "map"]
     assert list(df.direction[:3]) == ["add", "remove", "avg"]
     assert "8000 query pairs" in capsys.readouterr().out
+
+
+def test_evaluate_group_columns_follow_the_documented_order(tmp_path, capsys):
+    """`--by` groups: the paper's attributes in the paper's order, then the others in natural order
+    (case-insensitive, numbers by value), avg last -- in the printed table's columns and in the CSV's rows,
+    whatever order the query file lists them in (here scrambled on purpose)."""
+    from rscir_kit.features import ImageFeatures, TextFeatures
+
+    rng = np.random.default_rng(5)
+    paths = [f"a/{i}.jpg" for i in range(40)]
+    x = rng.standard_normal((40, 8)).astype(np.float32)
+    ImageFeatures(x / np.linalg.norm(x, axis=1, keepdims=True), paths, ["a"] * 40, {"model": "m"}).save(
+        tmp_path / "f.npz")
+    attributes = ["shape", "zeta", "color", "Beta", "cars10", "cars2", "density", "alpha"]
+    values = ["10", "9", "x", "100", "2", "b", "A", "1"]
+    texts = [f"text {a}" for a in attributes]
+    t = rng.standard_normal((len(texts), 8)).astype(np.float32)
+    TextFeatures(texts, t / np.linalg.norm(t, axis=1, keepdims=True), {"model": "m"}).save(tmp_path / "t.npz")
+    rows = [f"a/{i}.jpg,{texts[i]},a/{i + 10}.jpg;a/{i + 20}.jpg,{a},{v}"
+            for i, (a, v) in enumerate(zip(attributes, values))]
+    (tmp_path / "q.csv").write_text("query_path,text,positives,attribute,value\n" + "\n".join(rows) + "\n")
+    expected = {"attribute": ["color", "density", "shape", "alpha", "Beta", "cars2", "cars10", "zeta", "avg"],
+                "value": ["1", "2", "9", "10", "100", "A", "b", "x", "avg"]}
+    for by, order in expected.items():
+        out = tmp_path / f"r_{by}.csv"
+        assert main(["evaluate", "queries", "--features", str(tmp_path / "f.npz"), "--text-features",
+                     str(tmp_path / "t.npz"), "--queries", str(tmp_path / "q.csv"), "--methods", "image", "weicom",
+                     "--lambdas", "0.3,0.5", "--by", by, "--out", str(out), "--quiet"]) == 0
+        printed = capsys.readouterr().out.splitlines()
+        header = printed[printed.index("mAP (%)") + 1].split()
+        assert header == order, header
+        df = pd.read_csv(out, keep_default_na=False, dtype=str)
+        for (_, _), block in df.groupby(["method", "lambda"], sort=False):
+            assert block[by].tolist() == order
+        assert df["method"].tolist()[::len(order)] == ["image", "weicom", "weicom"]

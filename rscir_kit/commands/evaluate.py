@@ -12,12 +12,23 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import config
+from .. import config, reference
 from ..datasets import REGISTRY, benchmark_names, get_benchmark
-from ..errors import DataError, ParameterError
+from ..datasets.patterncom import write_official_csvs
+from ..datasets.ucmcom import GROUP_COLUMNS, load_groups, queryset_from_groups
+from ..encoders import load_encoder
+from ..errors import DataError, ModelMismatchError, ParameterError
+from ..features import ImageFeatures, TextFeatures
+from ..io import atomic_path, check_output_path
+from ..modelsetup import describe_config, flags_for, ModelSetup, resolve_setup, setup_for, setup_of
+from ..queries import QuerySet
+from . import add_command
 from .setup_args import add_setup_args, setup_kwargs
 
 DEFAULT_METHODS = ["image", "text", "average", "weicom"]
+GROUP_ORDER_HELP = ("groups in a fixed order (rscir_kit.engine.group_order): the paper's attributes (color, context, "
+                    "density, existence, quantity, shape), then the others in natural order (case-insensitive, "
+                    "numbers by value), avg last")
 
 
 def _lambdas(text: str) -> list[float]:
@@ -98,8 +109,8 @@ BENCHMARK_OPTIONS = {
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("evaluate", help="evaluate composed retrieval methods on a benchmark",
-                              description="Evaluate image/text/average/WeiCom (any λ) on a benchmark; prints the mAP and "
+    p = add_command(subparsers, "evaluate",
+                    description="Evaluate image/text/average/WeiCom (any λ) on a benchmark; prints the mAP and "
                                           "P@k/R@k tables and writes method,lambda,<group>,map,p@k…,r@k… (in %) plus "
                                           "the configuration columns (model, setup, activation, precision, numerics, "
                                           "weights_sha256).")
@@ -113,14 +124,16 @@ def register(subparsers) -> None:
         else:
             add_options(sp)
         sp.add_argument("--by", default=None,
-                        help="table rows: a grouping column of the benchmark (default: its first, e.g. attribute)")
+                        help="grouping column of the benchmark (default: its first, e.g. attribute): one mAP column "
+                             "per group in the printed table, one row per group in --out; " + GROUP_ORDER_HELP)
         sp.set_defaults(func=run_benchmark)
 
     qf = bench.add_parser("queries", help="any query-set file written by rscir-kit (QuerySet.to_csv, or the UCM-Com "
                                           "groups of `rscir-kit ucm queries --out`)")
     _common(qf)
     qf.add_argument("--queries", required=True, metavar="QUERIES.csv")
-    qf.add_argument("--by", default=None, help="group column for the table (default: the file's first group column)")
+    qf.add_argument("--by", default=None, help="group column for the table (default: the file's first group column); "
+                                               + GROUP_ORDER_HELP)
     qf.set_defaults(func=run_queries)
 
 
@@ -139,7 +152,6 @@ class Loaded:
 def check_parameters(args) -> None:
     """Every parameter error of ``evaluate`` as a ParameterError/DataError, before anything is loaded."""
     from ..engine import _combos
-    from ..io import check_output_path
 
     try:
         _combos(args.methods, args.lambdas)
@@ -158,10 +170,6 @@ def check_parameters(args) -> None:
 def _load(args) -> Loaded:
     """Texts are TextFeatures or an encoder built with the archive's stored model and configuration (flags override
     them)."""
-    from ..encoders import load_encoder
-    from ..features import ImageFeatures, TextFeatures
-    from ..modelsetup import setup_for
-
     archive = ImageFeatures.load(args.features)
     query_features = ImageFeatures.load(args.query_features) if args.query_features else None
     flags = setup_kwargs(args)
@@ -184,9 +192,6 @@ def _load(args) -> Loaded:
 def _run_setup_name(path, meta: dict, chosen) -> str:
     """The setup a run really has: the features' activation and precision (flags may not contradict them: that
     would relabel features made otherwise) with the numerics of this evaluation."""
-    from ..errors import ModelMismatchError
-    from ..modelsetup import ModelSetup, flags_for, resolve_setup, setup_of
-
     stored = setup_of(meta)
     if stored is None:
         return chosen.name
@@ -203,9 +208,6 @@ def _run_setup_name(path, meta: dict, chosen) -> str:
 
 def _pickle_text_encoder(args, archive, flags, device):
     """An official WeiCom pickle records neither model nor activation: the user states them, or we refuse."""
-    from ..encoders import load_encoder
-    from ..modelsetup import resolve_setup
-
     fix = f"rscir-kit evaluate {args.benchmark} --features {args.features} --model remoteclip-vit-l-14 --setup paper ..."
     if not args.model:
         raise DataError(f"{args.features} is an official WeiCom pickle and records no model: name it with --model "
@@ -232,13 +234,19 @@ CONFIG_COLUMNS = ("model", "setup", "activation", "precision", "numerics", "weig
 
 def results_table(per_pair, by: str, ks=(), config_meta: dict | None = None):
     """The results CSV: ``method, lambda, <by>, map, p@k…, r@k…`` (all in %, an ``avg`` row per method/λ = mean of
-    the groups) plus the configuration columns :data:`CONFIG_COLUMNS` taken from ``config_meta``."""
-    from ..engine import summarize
+    the groups) plus the configuration columns :data:`CONFIG_COLUMNS` taken from ``config_meta``. Within each
+    (method, λ) the groups follow :func:`rscir_kit.engine.group_order`, as the printed table's columns."""
+    from ..engine import group_order, summarize
 
     table = summarize(per_pair, by=by)[["method", "lambda", by, "map"]].copy()
     for col in [f"{m}@{k}" for m in ("p", "r") for k in ks]:
         if col in per_pair.columns:
             table[col] = summarize(per_pair, by=by, metric=col)["map"].to_numpy()
+    rank = {g: i for i, g in enumerate(group_order(table[by]))}
+    block = {key: i for i, key in enumerate(dict.fromkeys(zip(table["method"], table["lambda"].fillna(-1.0))))}
+    table = (table.assign(_b=[block[k] for k in zip(table["method"], table["lambda"].fillna(-1.0))],
+                          _g=table[by].map(rank))
+                  .sort_values(["_b", "_g"], kind="stable").drop(columns=["_b", "_g"]).reset_index(drop=True))
     table["lambda"] = [("" if lam != lam else f"{lam:g}") for lam in table["lambda"]]  # empty: no λ
     for col in table.columns[3:]:
         table[col] = table[col].round(4)
@@ -250,7 +258,6 @@ def results_table(per_pair, by: str, ks=(), config_meta: dict | None = None):
 
 def _run(args, queries, by, loaded: Loaded) -> int:
     from ..engine import evaluate, summarize, wide_table
-    from ..io import atomic_path
 
     archive, query_features, texts = loaded.archive, loaded.query_features, loaded.texts
     ks = list(args.ks or [])
@@ -266,7 +273,6 @@ def _run(args, queries, by, loaded: Loaded) -> int:
     summary = summarize(per_pair, by=by)
     table = results_table(per_pair, by, ks, meta)
     n_empty = per_pair.attrs.get("n_empty", 0)
-    from ..modelsetup import describe_config
 
     print(f"{queries.name}: {per_pair.attrs['n_pairs']} query pairs, archive of {per_pair.attrs['archive_size']} images, "
           f"{n_empty} pairs without positives (on-empty={args.on_empty})")
@@ -287,10 +293,7 @@ def _run(args, queries, by, loaded: Loaded) -> int:
         with atomic_path(args.per_pair_out) as tmp:
             per_pair.assign(**{c: table[c].iat[0] for c in CONFIG_COLUMNS}).to_csv(tmp, index=False)
     if getattr(args, "official_csv", None):
-        from ..datasets.patterncom import write_official_csvs
-        from ..pipeline import model_slug
-
-        written = write_official_csvs(per_pair, args.official_csv, model_slug(str(meta.get("model_name") or meta.get("model") or "model")),
+        written = write_official_csvs(per_pair, args.official_csv, config.model_slug(str(meta.get("model_name") or meta.get("model") or "model")),
                                       ks=ks, decimals=2 if args.ap_decimals is None else args.ap_decimals)
         print(f"wrote {len(written)} official-layout CSVs to {args.official_csv}")
     return 0
@@ -310,8 +313,6 @@ def _pr_table(table, by: str):
 
 def _print_reference(meta: dict, summary) -> None:
     """Say whether this run is the paper's setup, and against which published table it is compared."""
-    from .. import reference
-
     cmp = reference.compare_run("patterncom", meta)
     print(cmp.describe())
 
@@ -333,22 +334,17 @@ def run_benchmark(args) -> int:
 
 
 def _is_ucmcom_groups(path) -> bool:
-    from ..datasets.ucmcom import GROUP_COLUMNS
-
     with open(path, encoding="utf-8-sig", errors="replace") as f:
         header = f.readline().strip().split(",")
     return set(GROUP_COLUMNS) <= set(header)
 
 
 def run_queries(args) -> int:
-    from ..queries import QuerySet
-
     check_parameters(args)
     if not Path(args.queries).is_file():
         raise DataError(f"--queries {args.queries}: no such file")
     loaded = _load(args)
     if _is_ucmcom_groups(args.queries):  # `rscir-kit ucm queries --out` writes UCM-Com groups: read them too
-        from ..datasets.ucmcom import load_groups, queryset_from_groups
 
         queries = queryset_from_groups(load_groups(args.queries), loaded.archive.paths)
     else:
