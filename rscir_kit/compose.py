@@ -293,15 +293,23 @@ def alpha_query_expansion(scores, X, query=None, n: int = 10, alpha: float = 3.0
     X = X.to(s.dtype) if torch.is_floating_point(s) and s.dtype == torch.float64 else X
     n = min(int(n), s.shape[-1])
     top = _stable_topk(s, n)                                                  # (B, n), best first
-    nb = X[top]                                                               # (B, n, d)
+    return _out(expanded_query(top, X, query, alpha) @ X.T, is_np)
+
+
+def expanded_query(top, X, query=None, alpha: float = 3.0):
+    """αQE's new query (B, d), unit rows: ``query + Σ_i max(c_i, 0)^α · x_i`` over the top-n archive indices
+    ``top`` (B, n), best first (see :func:`alpha_query_expansion`, which is this after :func:`_stable_topk`;
+    the engine finds ``top`` with its compiled selection, rscir_kit.metrics.block_topn)."""
+    X, _ = _t(X)
+    top, _ = _t(top)
+    nb = torch.index_select(X, 0, top.reshape(-1)).view(*top.shape, X.shape[1])  # (B, n, d): X[top], faster
     if query is None:
         anchor, base = nb[:, 0, :], torch.zeros_like(nb[:, 0, :])
     else:
         q, _ = _t(query)
         anchor = base = q.to(X.dtype)
     c = torch.einsum("bnd,bd->bn", nb, anchor).clamp(min=0) ** alpha
-    q_new = _unit(base + torch.einsum("bn,bnd->bd", c, nb))
-    return _out(q_new @ X.T, is_np)
+    return _unit(base + torch.einsum("bn,bnd->bd", c, nb))
 
 
 def freedom_words(v, X, vocab_emb, k: int = 20, n: int = 7, m: int = 7, self_threshold: float = 0.98):

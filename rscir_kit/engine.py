@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from . import methods as registry
 from .config import resolve_device, show_progress
 from .errors import DataError, ModelMismatchError, ParameterError
-from .metrics import _OP, block_metrics, pad_positives, positive_ranks, ranking_metrics, sort_rows
+from .metrics import _OP, block_metrics, block_topn, pad_positives, positive_ranks, ranking_metrics, sort_rows
 from .normalization import normalize, official_cdf, weicom_upper_tail
 from .queries import QuerySet
 from .reference import ATTRIBUTES
@@ -132,6 +132,8 @@ def resolve(method: str, lam, numerics: str = "kit") -> Ranking:
         other = entry.alias(lam, numerics)
         if other is not None:
             return resolve(other, None, numerics)
+    if entry.pair_weights is not None:  # a per-pair linear combination of the raw rows, fused by the kernel
+        return Ranking("raw", "pairlin", (0.0, 0.0), method, lam)
     if entry.kernel is None:
         return Ranking(norm if norm != "none" else "raw", "row", (0.0, 0.0), method, lam)
     inputs, op, w = entry.kernel(lam, numerics)
@@ -172,6 +174,7 @@ class Plan:
     on_empty: str
     ap_decimals: int | None
     prepared: dict = field(default_factory=dict)  # method -> state of registry entries with ``prepare``
+    row_buffers: object = None  # _Buffers of the kernel's precomputed rows (op "row"), reused across blocks
 
 
 def _plan(queries, archive, texts, methods, lambdas, query_features, device, on_empty, ks, max_block_mb,
@@ -343,9 +346,10 @@ def _score_block(plan: Plan, block: np.ndarray, img_buffers: _Buffers, txt_buffe
         _torch_block(plan, block, img_side, txt_side, li, ti, pid, ap, hits)
 
 
-def _ranking_row(plan: Plan, r: Ranking, img_side: _Side, txt_side: _Side, li, ti, block) -> torch.Tensor:
+def _ranking_row(plan: Plan, r: Ranking, img_side: _Side, txt_side: _Side, li, ti, block, out=None) -> torch.Tensor:
     """(B, N) float32 row of ranking ``r`` for the block's pairs: a kernel fusion evaluated in torch, a registry
-    fusion, a composed query vector's similarities, or the α-query expansion of another ranking."""
+    fusion, a composed query vector's similarities, or the α-query expansion of another ranking (its re-query
+    GEMM written into ``out`` (B, N) when given; other rows are returned and the caller copies them)."""
     dev = plan.device
 
     def inputs():
@@ -353,16 +357,24 @@ def _ranking_row(plan: Plan, r: Ranking, img_side: _Side, txt_side: _Side, li, t
         return (img_side.inputs[plan.img_inputs.index(r.inputs) if r.inputs in plan.img_inputs else 0][li_t],
                 txt_side.inputs[plan.txt_inputs.index(r.inputs) if r.inputs in plan.txt_inputs else 0][ti_t])
 
+    if r.op == "pairlin":  # as the entry's ``rows`` (the gathered rows are the block's own copies)
+        cv, cw = _pair_weights(plan, r, block)
+        a, b = inputs()
+        return a.mul_(cv).addcmul_(b, cw)
     if r.op != "row":
         return _torch_fused(r.op, *inputs(), r.w)
     spec = registry.method_spec(r.method)
     if spec.qe is not None:
-        from .compose import alpha_query_expansion
+        from .compose import alpha_query_expansion, expanded_query
 
         base = resolve(spec.base, r.lam, plan.numerics)
-        row = _ranking_row(plan, base, img_side, txt_side, li, ti, block)
         q = _composed_query(plan, Ranking("raw", "row", (0.0, 0.0), spec.base, r.lam), block)
         qe = dict(spec.qe)
+        if plan.backend == "kernel":  # top-n by the compiled selection (no sort, the base row fused on the fly),
+            top = _kernel_topn(plan, base, img_side, txt_side, li, ti, block, min(int(qe["n"]), plan.X.shape[0]))
+            q_new = expanded_query(torch.from_numpy(top), plan.X, q, float(qe["alpha"]))
+            return torch.matmul(q_new, plan.X.T, out=out)  # then one GEMM per block into the reused buffer
+        row = _ranking_row(plan, base, img_side, txt_side, li, ti, block)
         return alpha_query_expansion(row, plan.X, query=q, n=int(qe["n"]), alpha=float(qe["alpha"])).to(torch.float32)
     entry = registry.REGISTRY[spec.name]
     if entry.rows is not None:  # feature-level methods: rows from a context (no per-pair GEMM where avoidable)
@@ -411,9 +423,55 @@ def _composed_query(plan: Plan, r: Ranking, block) -> torch.Tensor | None:
     return torch.as_tensor(q, device=dev).to(plan.X.dtype)
 
 
-def _fallback_rows(plan: Plan, img_side: _Side, txt_side: _Side, li, ti, block) -> list:
-    """(B, N) rows of the rankings without a kernel fusion (``op == "row"``), from the registry."""
-    return [_ranking_row(plan, r, img_side, txt_side, li, ti, block) for r in plan.rankings if r.op == "row"]
+def _pair_weights(plan: Plan, r: Ranking, block):
+    """The per-pair weights (c_v, c_w) (B, 1) each of a ``pairlin`` ranking (registry ``pair_weights``)."""
+    entry = registry.REGISTRY[registry.method_spec(r.method).name]
+    dev = plan.device
+    v = plan.Qimg[torch.as_tensor(plan.img_of_pair[block], device=dev)]
+    w = plan.Qtxt[torch.as_tensor(plan.txt_of_pair[block], device=dev)]
+    return entry.pair_weights(v, w, r.lam)
+
+
+def _pair_weights_np(plan: Plan, r: Ranking, block) -> np.ndarray:
+    cv, cw = _pair_weights(plan, r, block)
+    return torch.cat([cv, cw], dim=1).to(torch.float32).cpu().numpy()
+
+
+def _is_row(plan: Plan, r: Ranking) -> bool:
+    """Whether ranking ``r`` is given to the scorer as a precomputed (B, N) row (the torch path fuses no pairlin)."""
+    return r.op == "row" or (r.op == "pairlin" and plan.backend != "kernel")
+
+
+def _kernel_topn(plan: Plan, base: Ranking, img_side: _Side, txt_side: _Side, li, ti, block, k: int) -> np.ndarray:
+    """(B, k) int64: each pair's k best archive indices under ranking ``base`` (stable order), by the compiled
+    selection :func:`rscir_kit.metrics.block_topn` — a kernel fusion is fused row by row, never materialised."""
+    n = plan.X.shape[0]
+    rows = np.zeros((0, 1, n), np.float32)
+    if base.op == "row":
+        rows = np.ascontiguousarray(_ranking_row(plan, base, img_side, txt_side, li, ti, block).numpy())[None]
+        sa = sb = 0
+    else:
+        sa = plan.img_inputs.index(base.inputs) if base.inputs in plan.img_inputs else 0
+        sb = plan.txt_inputs.index(base.inputs) if base.inputs in plan.txt_inputs else 0
+    pw = _pair_weights_np(plan, base, block) if base.op == "pairlin" else np.zeros((len(block), 2), np.float32)
+    out = np.empty((len(block), k), np.int64)
+    block_topn(img_side.inputs.numpy(), txt_side.inputs.numpy(), rows, li.astype(np.int64),
+               np.asarray(ti, dtype=np.int64), _OP[base.op], sa, sb, float(base.w[0]), float(base.w[1]), pw, k, out,
+               numba.get_num_threads())
+    return out
+
+
+def _fallback_rows(plan: Plan, img_side: _Side, txt_side: _Side, li, ti, block, out=None) -> list:
+    """(B, N) rows of the rankings without a kernel fusion (``op == "row"``), from the registry; into ``out``
+    (R, B, N) when given (the kernel's reused buffer)."""
+    rankings = [r for r in plan.rankings if _is_row(plan, r)]
+    if out is None:
+        return [_ranking_row(plan, r, img_side, txt_side, li, ti, block) for r in rankings]
+    for k, r in enumerate(rankings):
+        row = _ranking_row(plan, r, img_side, txt_side, li, ti, block, out=out[k])
+        if row.data_ptr() != out[k].data_ptr():
+            out[k].copy_(row)
+    return out
 
 
 def _slots(plan: Plan):
@@ -424,21 +482,29 @@ def _slots(plan: Plan):
 
 def _kernel_block(plan, block, img_side, txt_side, li, ti, pid, ap, hits) -> None:
     n = plan.X.shape[0]
-    rows = _fallback_rows(plan, img_side, txt_side, li, ti, block)
-    rows = torch.stack(rows).numpy() if rows else np.zeros((0, 1, n), np.float32)
+    n_rows = sum(r.op == "row" for r in plan.rankings)
+    rows = np.zeros((0, 1, n), np.float32)
+    if n_rows:
+        if plan.row_buffers is None:
+            plan.row_buffers = _Buffers(n_rows, n, plan.device)
+        rows = _fallback_rows(plan, img_side, txt_side, li, ti, block, out=plan.row_buffers.get(len(block))).numpy()
     sa, sb = _slots(plan)
     row_slot = 0
     for m, r in enumerate(plan.rankings):
         if r.op == "row":
             sa[m], row_slot = row_slot, row_slot + 1
     empty_sorted = np.zeros((0, n), np.float32)
+    pw = np.zeros((len(plan.rankings), len(block), 2), np.float32)
+    for m, r in enumerate(plan.rankings):
+        if r.op == "pairlin":
+            pw[m] = _pair_weights_np(plan, r, block)
     block_metrics(img_side.inputs.numpy(), txt_side.inputs.numpy(), rows,
                   img_side.sorted if img_side.sorted is not None else empty_sorted,
                   txt_side.sorted if txt_side.sorted is not None else empty_sorted,
                   li.astype(np.int64), np.asarray(ti, dtype=np.int64), block.astype(np.int64),
                   pid.astype(np.int64), plan.pos_ptr, plan.pos_idx,
                   np.array([_OP[r.op] for r in plan.rankings], np.int64), np.array(sa, np.int64),
-                  np.array(sb, np.int64), np.array([r.w for r in plan.rankings], np.float64).reshape(-1, 2),
+                  np.array(sb, np.int64), np.array([r.w for r in plan.rankings], np.float64).reshape(-1, 2), pw,
                   np.array(plan.ks, np.int64), ap, hits, numba.get_num_threads())
 
 
@@ -459,6 +525,8 @@ def _torch_fused(op: str, a: torch.Tensor, b: torch.Tensor, w: tuple) -> torch.T
         return torch.add(a, b, alpha=w[0]).neg_()
     if op == "lin":
         return float(np.float32(w[0])) * a + float(np.float32(w[1])) * b
+    if op == "harris":
+        return registry._harris_fusion(a, b, w[0])
     raise ParameterError(f"unknown fusion op {op!r}")
 
 
@@ -474,7 +542,7 @@ def _torch_block(plan, block, img_side, txt_side, li, ti, pid, ap, hits) -> None
     rows = iter(_fallback_rows(plan, img_side, txt_side, li, ti, block))
     sa, sb = _slots(plan)
     for m, r in enumerate(plan.rankings):
-        if r.op == "row":
+        if _is_row(plan, r):
             fused, srt = next(rows), None
         else:
             a = img_side.inputs[sa[m]][li_t] if r.op not in ("b", "sorted_b") else None

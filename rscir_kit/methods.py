@@ -244,6 +244,8 @@ class Method:
                                        # block) -> (B, N), ranking exactly as X·query (cheaper than a GEMM)
     prepare: Callable | None = None    # once per evaluation: (context, options) -> state for ``query``
     options: dict | None = None        # tunable options and defaults (``"freedom:k=10,m=5"``)
+    pair_weights: Callable | None = None  # (v, w, lam) -> (c_v, c_w) (B, 1) each: its score row is
+                                       # s_img·c_v + s_txt·c_w, which the engine's kernel fuses (op "pairlin")
 
 
 def _weicom_kernel(lam, numerics):
@@ -287,8 +289,9 @@ def _lin_kernel(inputs):
 
 
 def _harris_fusion(a, b, lam):
-    """compose.harris on rectified similarities (norm "relu", applied once per distinct image / text); torch rows
-    in place: −λ(a+b)² + a·b, the same number as a·b − λ(a+b)² up to rounding."""
+    """compose.harris on rectified similarities (norm "relu", applied once per distinct image / text); torch rows:
+    −λ(a+b)² + a·b, the same number as a·b − λ(a+b)² up to rounding. The engine's kernel evaluates it as the
+    fusion op ``harris`` (rscir_kit.metrics._fuse_row), rounded exactly as this torch form."""
     from . import compose
 
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
@@ -301,6 +304,12 @@ def _slerp_query(v, w, lam, options, state, block):
     from . import compose
 
     return compose.slerp(v, w, lam)
+
+
+def _slerp_pair_weights(v, w, lam):
+    from . import compose
+
+    return compose.slerp_weights(v, w, lam)
 
 
 def _slerp_rows(ctx):
@@ -431,6 +440,7 @@ for _m in (
            doc="reciprocal-rank fusion, Cormack et al., SIGIR 2009: λ/(60+r_txt) + (1-λ)/(60+r_img) "
                "(λ=0.5: the classic sum; compose.reciprocal_rank_fusion)"),
     Method("harris", "Harris (BASIC)", _harris_fusion, norm="relu", takes_lambda=True,
+           kernel=lambda lam, nu: ("relu", "harris", (lam,)),
            doc="Harris fusion of BASIC, Psomas et al., NeurIPS 2025 (github billpsomas/icir): "
                "a·b − λ(a+b)² on rectified similarities, λ the Harris weight (official default 0.1); "
                "BASIC's centring/projection/normalisation: rscir_kit.compose"),
@@ -440,6 +450,7 @@ for _m in (
                "(1-λ)·s_img + λ·s_txt up to the query's norm, ranked by the kernel's 'lin'; λ=0.5 ranks as the "
                "raw average"),
     Method("slerp", "Slerp", lambda a, b, lam: None, takes_lambda=True, query=_slerp_query, rows=_slerp_rows,
+           pair_weights=_slerp_pair_weights,
            doc="spherical interpolation of v and w at α=λ, Jang et al., ECCV 2024 (github youngkyunJang/SLERP-TAT)"),
     Method("freedom", "FreeDom", lambda a, b, lam: None, query=_freedom_query,
            prepare=_freedom_prepare,

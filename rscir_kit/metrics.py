@@ -333,7 +333,7 @@ def kernel_metrics(rows: np.ndarray, sets, ks=()) -> dict[str, np.ndarray]:
     ar = np.arange(b, dtype=np.int64)
     block_metrics(empty3, empty3, rows[None], empty2, empty2, ar, ar, ar, ar, ptr, idx,
                   np.array([_OP["row"]]), np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros((1, 2)),
-                  np.array(ks, np.int64), ap, hits, numba.get_num_threads())
+                  np.zeros((1, b, 2), np.float32), np.array(ks, np.int64), ap, hits, numba.get_num_threads())
     n_pos = np.diff(ptr).astype(np.float64)
     out = {"ap": ap[0]}
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -356,10 +356,13 @@ def kernel_metrics(rows: np.ndarray, sets, ks=()) -> dict[str, np.ndarray]:
 #: Fusion ops of :func:`block_metrics` (a = image-side row, b = text-side row, all float32):
 #: a, b, mean ((a+b)/2), add, mul, min, negfma (-(a + w0·b), one rounding), lin (w0·a + w1·b, each
 #: product rounded), row (a precomputed fused row), sorted_a / sorted_b (rank a / b through its row
-#: sorted once and shared by every pair using it).
+#: sorted once and shared by every pair using it), harris (BASIC's a·b − w0·(a+b)², rounded as torch's
+#: ``s = a+b; s.mul_(s).mul_(-w0).addcmul_(a, b)``: fl(fl(s·s)·fl(−w0)), then a·b added with one rounding),
+#: pairlin (per-pair weights: fl(a·w0) + b·w1 with one rounding, as torch's ``a.mul_(w0).addcmul_(b, w1)`` — Slerp).
 _BUCKETS_PER_POSITIVE = 4
 _MAX_BUCKETS = 1 << 16
-FUSIONS = ("a", "b", "mean", "add", "mul", "min", "negfma", "lin", "row", "sorted_a", "sorted_b")
+FUSIONS = ("a", "b", "mean", "add", "mul", "min", "negfma", "lin", "row", "sorted_a", "sorted_b", "harris",
+           "pairlin")
 _OP = {name: i for i, name in enumerate(FUSIONS)}
 
 
@@ -394,10 +397,70 @@ def _fuse_row(op, a, b, w0, w1, out):
         c = np.float32(w0)
         for j in range(n):
             out[j] = -_fma32(b[j], c, a[j])
+    elif op == 12:  # pairlin
+        c0, c1 = np.float32(w0), np.float32(w1)
+        for j in range(n):
+            out[j] = _fma32(b[j], c1, a[j] * c0)
+    elif op == 11:  # harris
+        c = np.float32(-w0)
+        for j in range(n):
+            s = a[j] + b[j]
+            out[j] = _fma32(a[j], b[j], (s * s) * c)
     else:  # 7: lin
         c0, c1 = np.float32(w0), np.float32(w1)
         for j in range(n):
             out[j] = c0 * a[j] + c1 * b[j]
+
+
+@njit(cache=True, nogil=True)
+def _select_top(f, k, tv, ti):
+    """The k best entries of row ``f`` into ``ti`` (indices) / ``tv`` (values), best first, ties by lower index:
+    exactly the first k of a stable descending sort, in one pass (insertion into a sorted k-buffer)."""
+    cnt = 0
+    for j in range(f.shape[0]):
+        v = f[j]
+        if cnt < k:
+            p = cnt
+            cnt += 1
+        elif v > tv[k - 1]:
+            p = k - 1
+        else:
+            continue
+        while p > 0 and tv[p - 1] < v:  # strict: an equal earlier entry stays ahead
+            tv[p] = tv[p - 1]
+            ti[p] = ti[p - 1]
+            p -= 1
+        tv[p] = v
+        ti[p] = j
+
+
+@njit(cache=True, parallel=True)
+def block_topn(img, txt, rows, li, ti, op, slot_a, slot_b, w0, w1, pw, k, out, n_threads):
+    """Each pair's k best archive indices under one ranking, best first, ties by lower index (a stable
+    descending sort's first k), written into ``out`` (B, k) int64 — the ranking given as in
+    :func:`block_metrics` (op, slots, weights, ``pw`` (B, 2) the per-pair weights of ``pairlin``; ``row``:
+    ``rows[slot_a, i]``), fused row by row, never
+    materialised as a (B, N) array and never sorted."""
+    n_pairs_block = li.shape[0]
+    n = img.shape[2] if img.shape[0] > 0 else (txt.shape[2] if txt.shape[0] > 0 else rows.shape[2])
+    n_chunks = min(n_threads, max(1, n_pairs_block))
+    for c in numba.prange(n_chunks):
+        f = np.empty(n, np.float32)
+        tv = np.empty(k, np.float32)
+        for i in range(c * n_pairs_block // n_chunks, (c + 1) * n_pairs_block // n_chunks):
+            if op == 0 or op == 9:
+                row = img[slot_a, li[i]]
+            elif op == 1 or op == 10:
+                row = txt[slot_b, ti[i]]
+            elif op == 8:
+                row = rows[slot_a, i]
+            elif op == 12:
+                _fuse_row(op, img[slot_a, li[i]], txt[slot_b, ti[i]], np.float64(pw[i, 0]), np.float64(pw[i, 1]), f)
+                row = f
+            else:
+                _fuse_row(op, img[slot_a, li[i]], txt[slot_b, ti[i]], w0, w1, f)
+                row = f
+            _select_top(row, k, tv, out[i])
 
 
 @njit(cache=True, nogil=True)
@@ -527,7 +590,7 @@ def _store(ranks, p_count, ks, ap_out, hits_out, m, pair):
 
 @njit(cache=True, parallel=True)
 def block_metrics(img, txt, rows, img_sorted, txt_sorted, li, ti, pair_ids, pset, pos_ptr, pos_idx,
-                  ops, slot_a, slot_b, w, ks, ap_out, hits_out, n_threads):
+                  ops, slot_a, slot_b, w, pw, ks, ap_out, hits_out, n_threads):
     """AP and hits@k of every (pair, ranking) of one block, the rankings of a pair back to back.
 
     img (S_i, C, N) / txt (S_t, T, N): the block's image-side / text-side input rows (raw, normalised,
@@ -536,7 +599,7 @@ def block_metrics(img, txt, rows, img_sorted, txt_sorted, li, ti, pair_ids, pset
     li / ti (B,): each pair's image / text row; pair_ids (B,): its index in the outputs; pset (B,): its
     positive set; pos_ptr, pos_idx: positive set k, ascending, is ``pos_idx[pos_ptr[k]:pos_ptr[k+1]]``.
     ops / slot_a / slot_b (M,) and w (M, 2): ranking m = fusion ``FUSIONS[ops[m]]`` of img[slot_a[m]] and
-    txt[slot_b[m]] with weights w[m]. Writes ap_out[m, pair] (NaN without positives) and
+    txt[slot_b[m]] with weights w[m] (``pairlin``: pw[m, i] (M, B, 2), pair i's own). Writes ap_out[m, pair] (NaN without positives) and
     hits_out[m, i, pair] = number of positives in the top ks[i]. n_threads: chunks run in parallel.
     """
     n_pairs_block = li.shape[0]
@@ -579,7 +642,10 @@ def block_metrics(img, txt, rows, img_sorted, txt_sorted, li, ti, pair_ids, pset
                     elif op == 8:
                         row = rows[slot_a[m], i]
                     else:
-                        _fuse_row(op, img[slot_a[m], li[i]], txt[slot_b[m], ti[i]], w[m, 0], w[m, 1], f)
+                        w0, w1 = w[m, 0], w[m, 1]
+                        if op == 12:
+                            w0, w1 = np.float64(pw[m, i, 0]), np.float64(pw[m, i, 1])
+                        _fuse_row(op, img[slot_a[m], li[i]], txt[slot_b[m], ti[i]], w0, w1, f)
                         row = f
                     _ranks_from_row(row, pos, sv, sidx, ranks, pb, diff, cnt, first, last, cand, n_buckets)
                 _store(ranks, p_count, ks, ap_out, hits_out, m, pair)

@@ -250,3 +250,42 @@ def test_weimocir_with_a_fake_captioner(bench, tmp_path):
         compose.save_captions(tmp_path / "few.json", archive.paths[:3], descriptions[:3])
         evaluate(queries, archive, enc, methods=[f"weimocir:captions={tmp_path / 'few.json'}"], lambdas=(0.5,),
                  progress=False)
+
+
+@pytest.mark.parametrize("method,lam", [("weicom+qe:n=4", 0.5), ("slerp+qe:n=3,alpha=2", 0.4), ("harris+qe:n=5", 0.1),
+                                        ("image+qe:n=2", None)])
+def test_query_expansion_with_duplicate_archive_items(bench, method, lam):
+    """αQE's first pass where exact ties straddle the n-th place (duplicated archive embeddings): the kernel's
+    compiled selection and the torch path (a stable sort's first n) both equal the slow reference."""
+    from rscir_kit.features import ImageFeatures
+
+    archive, texts, queries = bench
+    feats = archive.feats.copy()
+    feats[1::2] = feats[0::2][: len(feats[1::2])]  # every odd item duplicates its even neighbour
+    dup = ImageFeatures(feats, archive.paths, archive.labels, dict(archive.meta))
+    lams = (lam,) if lam is not None else ()
+    got = {be: evaluate(queries, dup, texts, methods=[method], lambdas=lams, progress=False, backend=be)["ap"]
+           for be in ("kernel", "torch")}
+    np.testing.assert_allclose(got["kernel"], got["torch"], rtol=0, atol=1e-12)
+    spec = methods.method_spec(method)
+    qe = dict(spec.qe)
+    X = feats.astype(np.float64)
+    for i in range(0, len(queries), 5):
+        row = queries.table.iloc[i]
+        v = X[list(dup.paths).index(row["query_path"])]
+        w = texts.lookup([row["text"]])[0].astype(np.float64)
+        rel = np.zeros(len(X), bool)
+        rel[queries.positives(i)] = True
+        if spec.name == "weicom":
+            from scipy.special import ndtr
+            base, q = -(lam * ndtr(-_z(X @ w)) + (1 - lam) * ndtr(-_z(X @ v))), None
+        elif spec.name == "image":
+            base, q = X @ v, None
+        elif spec.name == "slerp":
+            q = _slerp(v, w, lam)
+            base = X @ q
+        else:
+            base, q = _reference_row("harris", lam, X, v, w), None
+        assert sorted(base)[-1] == sorted(base)[-2]  # the best item has its twin: a tie at the top
+        ref = average_precision(_qe_reference(base, X, q, qe["n"], qe["alpha"]), rel)
+        assert got["kernel"].iat[i] == pytest.approx(ref, abs=1e-6), (method, i)

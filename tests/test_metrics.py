@@ -143,3 +143,65 @@ def test_kernel_rows_without_positives_get_nan():
     scores = np.random.default_rng(0).standard_normal((3, 50)).astype(np.float32)
     out = kernel_metrics(scores, [np.array([], np.int64), np.array([3]), np.array([], np.int64)], ks=(5,))
     assert np.isnan(out["ap"][0]) and np.isnan(out["ap"][2]) and not np.isnan(out["ap"][1])
+
+
+def _tie_inputs(rng, b=40, n=300):
+    img = rng.integers(0, 4, (2, 5, n)).astype(np.float32)  # few levels: ties everywhere, also at the k-th place
+    txt = rng.integers(0, 4, (2, 3, n)).astype(np.float32)
+    li, ti = rng.integers(0, 5, b).astype(np.int64), rng.integers(0, 3, b).astype(np.int64)
+    rows = rng.integers(0, 5, (2, b, n)).astype(np.float32)
+    pw = rng.integers(1, 3, (b, 2)).astype(np.float32)
+    return img, txt, li, ti, rows, pw
+
+
+@pytest.mark.parametrize("op,w", [("a", (0, 0)), ("sorted_b", (0, 0)), ("row", (0, 0)), ("mean", (0, 0)),
+                                  ("negfma", (0.5, 0)), ("lin", (0.5, 0.25)), ("harris", (0.25, 0)),
+                                  ("pairlin", (0, 0))])
+def test_block_topn_is_a_stable_sorts_first_k_with_ties(op, w):
+    """The compiled top-k selection (αQE's first pass) against a stable descending sort of the fused row written
+    from the formula (small integers: every fusion is exact, so the reference needs no rounding model)."""
+    import numba
+    import torch
+
+    from rscir_kit.metrics import _OP, block_topn
+
+    rng = np.random.default_rng(3)
+    img, txt, li, ti, rows, pw = _tie_inputs(rng)
+    n = img.shape[2]
+    for i in range(len(li)):
+        a, b = img[1, li[i]].astype(np.float64), txt[1, ti[i]].astype(np.float64)
+        ref_row = {"a": a, "sorted_b": b, "row": rows[1, i].astype(np.float64), "mean": (a + b) / 2,
+                   "negfma": -(a + w[0] * b), "lin": w[0] * a + w[1] * b, "harris": a * b - w[0] * (a + b) ** 2,
+                   "pairlin": pw[i, 0] * a + pw[i, 1] * b}[op]
+        ref = torch.sort(torch.from_numpy(ref_row), descending=True, stable=True).indices.numpy()
+        assert np.unique(ref_row, return_counts=True)[1].max() >= 20  # the ties are there
+        for k in (1, 4, 17, n):
+            if i == 0 or k == 17:
+                out = np.empty((len(li), k), np.int64)
+                block_topn(img, txt, rows, li, ti, _OP[op], 1, 1, float(w[0]), float(w[1]), pw, k, out,
+                           numba.get_num_threads())
+                np.testing.assert_array_equal(out[i], ref[:k], err_msg=f"{op} k={k} pair {i}")
+
+
+def test_kernel_harris_and_pairlin_round_as_their_torch_forms():
+    """The kernel's Harris and per-pair-linear (Slerp) fusions give the very floats of the torch forms the engine's
+    torch path (and the registry) compute — so both backends rank identically, ties and near-ties included."""
+    import torch
+
+    from rscir_kit.methods import _harris_fusion
+    from rscir_kit.metrics import _OP, _fuse_row
+
+    rng = np.random.default_rng(11)
+    a = rng.random((6, 2003)).astype(np.float32)
+    b = rng.random((6, 2003)).astype(np.float32)
+    cv = rng.random((6, 1)).astype(np.float32)
+    cw = rng.random((6, 1)).astype(np.float32)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    harris = _harris_fusion(ta, tb, 0.15).numpy()
+    pairlin = ta.clone().mul_(torch.from_numpy(cv)).addcmul_(tb, torch.from_numpy(cw)).numpy()
+    out = np.empty(a.shape[1], np.float32)
+    for i in range(len(a)):
+        _fuse_row(_OP["harris"], a[i], b[i], 0.15, 0.0, out)
+        np.testing.assert_array_equal(out, harris[i])
+        _fuse_row(_OP["pairlin"], a[i], b[i], float(cv[i, 0]), float(cw[i, 0]), out)
+        np.testing.assert_array_equal(out, pairlin[i])
