@@ -14,6 +14,8 @@ free text there is no ground truth and ``ap`` is None.
 """
 from __future__ import annotations
 
+import base64
+import io
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from . import plots
 from .analysis import method_label
@@ -32,6 +35,7 @@ from .normalization import normalize
 
 CURVE_LAMBDAS = tuple(round(0.05 * i, 2) for i in range(21))
 THUMB_PX = 112  # thumbnail size in the widget's view
+GALLERY_PX = 64  # thumbnail size in the widget's query gallery
 
 
 @dataclass
@@ -366,11 +370,6 @@ class LambdaExplorer:
         """``data:`` URI of a JPEG thumbnail of archive image ``index`` (made once, then cached)."""
         key = (int(index), size)
         if key not in self._thumbs:
-            import base64
-            import io
-
-            from PIL import Image
-
             im = Image.fromarray(np.asarray(self.image(index)).astype(np.uint8)).convert("RGB")
             im.thumbnail((size, size))
             buf = io.BytesIO()
@@ -499,10 +498,16 @@ class LambdaExplorer:
             out.append((f"{Path(p).name} ({label})", p))
         return out
 
+    def thumbnail_bytes(self, index: int, size: int = GALLERY_PX) -> bytes:
+        """JPEG bytes of the cached thumbnail of archive image ``index`` (for ``ipywidgets.Image``)."""
+        return base64.b64decode(self.thumbnail_uri(index, size).split(",", 1)[1])
+
     def widget(self, lam_step: float = 0.05, k_max: int = 24, live: bool = True, benchmarks: dict | None = None,
-               compare_methods: Sequence[str] = ("image", "text", "average", "add", "multiply", "min")):
-        """ipywidgets UI: filters (class, has-ground-truth-for-text), query, text (benchmark or free), λ and
-        top-k sliders, a comparison (WeiCom at a second λ or another method of the registry) and the view.
+               compare_methods: Sequence[str] = ("image", "text", "average", "add", "multiply", "min"),
+               gallery: int = 24):
+        """ipywidgets UI: filters (class, has-ground-truth-for-text), a thumbnail gallery of the filtered queries
+        (``gallery`` a page; click one to pick it), query, text (benchmark or free), λ and top-k sliders, a
+        comparison (WeiCom at a second λ or another method of the registry) and the view.
 
         ``live``: show the benchmark mAP at the slider's λ (computed once over the slider's λ grid with the
         engine; ``benchmarks`` adds others, name → (queries, archive, texts)). Every control change recomputes
@@ -543,9 +548,14 @@ class LambdaExplorer:
                                layout=W.Layout(display="none"))
         error = W.HTML()
         view = W.HTML()
+        g_cards = W.Box(layout=W.Layout(display="flex", flex_flow="row wrap", max_height="240px", overflow="auto"))
+        g_prev = W.Button(description="◀", tooltip="previous page of queries", layout=W.Layout(width="40px"))
+        g_next = W.Button(description="▶", tooltip="next page of queries", layout=W.Layout(width="40px"))
+        g_count = W.HTML()
+        g_page = {"n": 0, "buttons": {}}
         for w, name in ((cls_dd, "class"), (gt_dd, "filter"), (q_dd, "query"), (t_cb, "text"), (lam_s, "lam"),
                         (k_s, "k"), (cmp_dd, "compare"), (lam2_s, "lam2"), (view, "view"), (error, "error"),
-                        (count, "count")):
+                        (count, "count"), (g_cards, "gallery"), (g_prev, "gallery-prev"), (g_next, "gallery-next")):
             w.add_class(f"rscir-{name}")
         quiet = {"on": False}
         lock = threading.RLock()
@@ -569,9 +579,42 @@ class LambdaExplorer:
             error.value = ""
             view.value = html  # one assignment: status, numbers and figure change together
 
+        def mark_gallery():
+            for path, button in g_page["buttons"].items():
+                button.button_style = "info" if path == q_dd.value else ""
+
+        def show_gallery(*_):
+            """One page of the filtered queries as thumbnails; a click picks the query (as the dropdown does)."""
+            opts = self.query_options(cls_dd.value, gt_dd.value)
+            pages = max(1, -(-len(opts) // gallery))
+            g_page["n"] = min(max(g_page["n"], 0), pages - 1)
+            start = g_page["n"] * gallery
+            shown = opts[start:start + gallery]
+            cards, g_page["buttons"] = [], {}
+            for label, path in shown:
+                pick = W.Button(description=Path(path).stem, tooltip=label,
+                                layout=W.Layout(width=f"{GALLERY_PX + 8}px", padding="0"))
+                pick.on_click(lambda _b, p=path: setattr(q_dd, "value", p))
+                g_page["buttons"][path] = pick
+                thumb = W.Image(value=self.thumbnail_bytes(self._query_index(path)), format="jpeg",
+                                layout=W.Layout(width=f"{GALLERY_PX}px", height=f"{GALLERY_PX}px"))
+                cards.append(W.VBox([thumb, pick], layout=W.Layout(margin="2px", align_items="center")))
+            g_cards.children = cards
+            g_count.value = (f"<span style='font-size:12px'>gallery {start + 1}–{start + len(shown)} of "
+                             f"{len(opts)}</span>" if shown else "<span style='font-size:12px'>no query</span>")
+            g_prev.disabled, g_next.disabled = g_page["n"] == 0, g_page["n"] >= pages - 1
+            mark_gallery()
+
+        def turn(step):
+            g_page["n"] += step
+            show_gallery()
+
         def set_options(*_):
             opts = self.query_options(cls_dd.value, gt_dd.value)
             count.value = f"<span style='font-size:12px'>{len(opts)} of {len(queries)} queries</span>"
+            g_page["n"] = 0
+            if gallery:
+                show_gallery()
             if not opts:
                 return
             quiet["on"] = True
@@ -584,6 +627,7 @@ class LambdaExplorer:
             on_query({"new": q_dd.value})
 
         def on_query(change):
+            mark_gallery()
             options = self.texts_for(change["new"])
             quiet["on"] = True
             try:
@@ -605,9 +649,15 @@ class LambdaExplorer:
         for w in (t_cb, lam_s, k_s, lam2_s):
             w.observe(redraw, names="value")
         count.value = f"<span style='font-size:12px'>{len(options)} of {len(queries)} queries</span>"
+        g_prev.on_click(lambda _b: turn(-1))
+        g_next.on_click(lambda _b: turn(+1))
         layout = W.Layout(flex_flow="row wrap")
-        box = W.VBox([W.HBox([cls_dd, gt_dd, count], layout=layout), W.HBox([q_dd, t_cb], layout=layout),
-                      W.HBox([lam_s, k_s], layout=layout), W.HBox([cmp_dd, lam2_s], layout=layout), error, view])
+        rows = [W.HBox([cls_dd, gt_dd, count], layout=layout)]
+        if gallery:
+            show_gallery()
+            rows += [W.HBox([g_prev, g_next, g_count], layout=layout), g_cards]
+        box = W.VBox(rows + [W.HBox([q_dd, t_cb], layout=layout), W.HBox([lam_s, k_s], layout=layout),
+                             W.HBox([cmp_dd, lam2_s], layout=layout), error, view])
         redraw()
         if live_job is not None:  # the engine over every λ of the slider, without blocking the notebook
             self._live_status = f"benchmark mAP: computing WeiCom over {len(live_job[0])} λ values…"
@@ -624,7 +674,8 @@ class LambdaExplorer:
             self._live_thread = threading.Thread(target=compute_live, daemon=True, name="rscir-live-map")
             self._live_thread.start()
         self._widgets = {"class": cls_dd, "filter": gt_dd, "query": q_dd, "text": t_cb, "lam": lam_s, "k": k_s,
-                         "compare": cmp_dd, "lam2": lam2_s, "view": view, "error": error, "count": count}
+                         "compare": cmp_dd, "lam2": lam2_s, "view": view, "error": error, "count": count,
+                         "gallery": g_cards, "gallery_prev": g_prev, "gallery_next": g_next, "gallery_count": g_count}
         return box
 
 

@@ -300,3 +300,43 @@ def test_select_examples_shows_wins_failures_random_and_a_remove_query():
     assert any(table.direction[p] == "remove" for p, _ in picked)
     assert len({p for p, _ in picked}) == len(picked)  # no pair twice
     assert select_examples(per_pair, 0.1, table, n=2, seed=0) == picked  # fixed seed: the same figures
+
+
+def test_gallery_pages_the_filtered_queries_and_a_click_picks_one(world):
+    """The query gallery: thumbnails of the filtered queries, a page at a time; clicking one picks that query
+    (the dropdown, the text reset and the view follow, as when the dropdown is used) and marks it."""
+    import io
+
+    from PIL import Image
+
+    archive, qs, texts = world
+    table = pd.concat([qs.table] + [pd.DataFrame({"query_path": [f"c{c}/img{c * 10 + j:02d}.jpg"], "text": ["with e1"],
+                                                  "positive_id": [0], "attribute": ["a"]})
+                                    for c in (1, 2) for j in range(3)], ignore_index=True)
+    qs = QuerySet("toy", table, qs.positive_sets, qs.archive_paths)
+    ex = LambdaExplorer(archive, queries=qs, texts=texts, k=4)
+    ex.widget(live=False, gallery=3)
+    w = ex._widgets
+    queries = [v for _, v in w["query"].options]
+    assert len(queries) == 8
+
+    def shown():
+        return [card.children[1].tooltip for card in w["gallery"].children]
+
+    labels = dict((v, k) for k, v in w["query"].options)
+    assert shown() == [labels[q] for q in queries[:3]] and "gallery 1–3 of 8" in w["gallery_count"].value
+    thumb = Image.open(io.BytesIO(w["gallery"].children[0].children[0].value))
+    assert thumb.format == "JPEG" and max(thumb.size) <= 64
+    assert w["gallery_prev"].disabled and not w["gallery_next"].disabled
+    w["gallery_next"].click()
+    w["gallery_next"].click()
+    assert shown() == [labels[q] for q in queries[6:]] and w["gallery_next"].disabled
+    before = w["view"].value
+    w["gallery"].children[1].children[1].click()            # pick the 8th query
+    assert w["query"].value == queries[7] and ex.state.query_path == queries[7]
+    assert w["text"].value == "with e1" and w["view"].value != before
+    assert [card.children[1].button_style for card in w["gallery"].children] == ["", "info"]
+    w["class"].value = "c2"                                   # a filter: the gallery shows its queries, from page 1
+    assert shown() == [labels[q] for q in queries if q.startswith("c2/")] and w["gallery_prev"].disabled
+    assert all(q.startswith("c2/") for _, q in w["query"].options)
+    plt.close("all")
