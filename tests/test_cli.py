@@ -98,6 +98,7 @@ def test_bad_parameters_give_one_line_and_exit_2(files, command, capsys, monkeyp
         assert err.startswith("rscir-kit"), (argv, err)
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch through the CLI
 def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
     """Before: `rscir-kit index info | head -1` ended in a BrokenPipeError traceback."""
     import numpy as np

@@ -60,6 +60,7 @@ def test_evaluate_rejects_bad_lambda_and_missing_files(files, capsys):
     assert "nope.npz" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch through the CLI
 def test_python_dash_m_entry_point(files):
     root, _, _, pc_dir = files
     proc = subprocess.run([sys.executable, "-m", "rscir_kit", "evaluate", "patterncom", "--features",

@@ -136,6 +136,7 @@ def test_figure_outlines_positives_and_is_labelled(world):
     plt.close(fig)
 
 
+@pytest.mark.slow  # renders the matplotlib panel on every widget change (seconds each)
 def test_widget_drives_the_same_logic(world):
     archive, qs, texts = world
     ex = LambdaExplorer(archive, queries=qs, texts=texts, k=5)
@@ -159,6 +160,7 @@ def test_widget_drives_the_same_logic(world):
     plt.close("all")
 
 
+@pytest.mark.slow  # renders the matplotlib panel on every widget change (seconds each)
 def test_query_change_resets_the_text_and_filters(world):
     archive, qs, texts = world
     ex = LambdaExplorer(archive, queries=qs, texts=texts, encoder=Encoder(), k=4)
@@ -178,6 +180,7 @@ def test_query_change_resets_the_text_and_filters(world):
     plt.close("all")
 
 
+@pytest.mark.slow  # renders the matplotlib panel on every widget change (seconds each)
 def test_compare_a_second_lambda_or_method(world):
     archive, qs, texts = world
     ex = LambdaExplorer(archive, queries=qs, texts=texts, k=5)
@@ -198,6 +201,7 @@ def test_compare_a_second_lambda_or_method(world):
     plt.close("all")
 
 
+@pytest.mark.slow  # renders the matplotlib panel on every widget change (seconds each)
 def test_free_text_has_no_positive_count(world):
     archive, qs, texts = world
     ex = LambdaExplorer(archive, queries=qs, texts=texts, encoder=Encoder(), k=5)
@@ -229,6 +233,7 @@ def test_live_benchmark_map_matches_a_slow_recomputation(world):
     assert "nearest computed λ 0.3" in ex.live_text(0.31)
 
 
+@pytest.mark.slow  # renders the matplotlib panel on every widget change (seconds each)
 def test_widget_free_text_goes_through_the_encoder(world):
     archive, qs, texts = world
     enc = Encoder()
@@ -265,6 +270,7 @@ def test_grid_rows_leave_the_explorer_selection_alone(world):
     assert ex.state is before and (ex.query, ex.text, ex.lam) == (archive.paths[1], "other", 0.3)
 
 
+@pytest.mark.slow  # renders the matplotlib panel on every widget change (seconds each)
 def test_widget_live_map_arrives_without_blocking(world):
     archive, qs, texts = world
     ex = LambdaExplorer(archive, queries=qs, texts=texts, k=5, benchmark_name="toy")

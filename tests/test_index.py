@@ -274,6 +274,7 @@ def test_search_lambdas_for_the_explorer(built):
     np.testing.assert_array_equal(df[df["lam"] == 0.5]["index"].to_numpy(), idx.search(qi, qt, lam=0.5, k=5).indices)
 
 
+@pytest.mark.slow  # trains a PQ index on 5000 vectors
 def test_default_fast_index_is_pq_fastscan_with_high_recall(tmp_path):
     x, rng = _archive(n=5000, d=32, seed=21)
     idx = ArchiveIndex.build(x, tmp_path / "pq")                 # fast="auto"

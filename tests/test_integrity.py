@@ -517,15 +517,27 @@ def test_9_leftovers_of_killed_runs_are_cleaned(tmp_path, tiny, monkeypatch):
     assert not (tmp_path / "idx.building").exists()
 
 
-@pytest.mark.parametrize("name", ["flat.faiss", "fast.faiss", "stats.npz", "paths.npy", "labels.npy", "meta.json"])
-@pytest.mark.parametrize("damage", ["flip", "truncate"])
-def test_damaged_index_files_say_index_damaged(tmp_path, capsys, name, damage):
+@pytest.fixture(scope="module")
+def intact_index(tmp_path_factory):
+    """An index with the default fast part, built once; each damage test copies it (the build trains PQ)."""
     from rscir_kit.index import ArchiveIndex
 
     rng = np.random.default_rng(0)
     n = 1100  # enough for the default fast index
+    root = tmp_path_factory.mktemp("intact") / "idx"
     ArchiveIndex.build(ImageFeatures(_unit(rng, n, 16), [f"c/{i}.jpg" for i in range(n)], ["c"] * n,
-                                     {"model": "random-plumbing"}), tmp_path / "idx", fast="auto")
+                                     {"model": "random-plumbing"}), root, fast="auto")
+    return root
+
+
+@pytest.mark.parametrize("name", ["flat.faiss", "fast.faiss", "stats.npz", "paths.npy", "labels.npy", "meta.json"])
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_damaged_index_files_say_index_damaged(tmp_path, capsys, name, damage, intact_index):
+    import shutil
+
+    from rscir_kit.index import ArchiveIndex
+
+    shutil.copytree(intact_index, tmp_path / "idx")
     f = tmp_path / "idx" / name
     data = bytearray(f.read_bytes())
     if damage == "flip":
@@ -595,6 +607,7 @@ print("done", time.perf_counter() - t0, flush=True)
 """
 
 
+@pytest.mark.slow  # seven extraction processes, killed and resumed
 def test_sigkill_at_random_points_then_resume_is_bit_identical_and_leaves_nothing(tmp_path):
     """SIGKILL extraction at random moments (decoding, chunk writes, the final write) in several runs; the
     resumed file equals an uninterrupted run's to the bit, and only the result (and its lock file) remain."""

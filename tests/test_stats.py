@@ -101,13 +101,11 @@ def test_bootstrap_map_matches_slow_loop():
     # draw) and run the engine's summarize on it
     names = np.unique(images)
     rng = np.random.default_rng(seed)
+    rows_of = {name: per_pair[per_pair["pair"].isin(np.flatnonzero(images == name))] for name in names}
     reps = []
     for _ in range(n_boot):
         drawn = names[rng.integers(0, len(names), len(names))]
-        parts = []
-        for k, name in enumerate(drawn):
-            pairs = np.flatnonzero(images == name)
-            parts.append(per_pair[per_pair["pair"].isin(pairs)])
+        parts = [rows_of[name] for name in drawn]  # the same rows per draw as selecting them again
         reps.append(summarize(pd.concat(parts, ignore_index=True), by="attribute")
                     .set_index(["method", "lambda", "attribute"])["map"])
     rep = pd.concat(reps, axis=1)
