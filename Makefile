@@ -48,7 +48,7 @@ explorer: $(BIN)/.installed
 #   make test       everything, as CI runs it: unit tests, import contracts (lint-imports), the CLI, and papermill
 #                   runs of every notebook on small data with assertions on their results (each notebook executes
 #                   once; tests/test_notebooks.py checks that every committed notebook is among them)
-#   make test-fast  the edit loop (under a minute): no slow tests (real images, models, notebooks)
+#   make test-fast  the edit loop: no slow tests (real images, models, notebooks, widget rendering, fresh interpreters)
 #   make test-nbval the committed notebooks once more through nbval with RSCIR_SIZE=5 (.ci/run runs it after make test)
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest

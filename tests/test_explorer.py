@@ -308,6 +308,7 @@ def test_select_examples_shows_wins_failures_random_and_a_remove_query():
     assert select_examples(per_pair, 0.1, table, n=2, seed=0) == picked  # fixed seed: the same figures
 
 
+@pytest.mark.slow  # renders the matplotlib panel on every widget change (seconds each)
 def test_gallery_pages_the_filtered_queries_and_a_click_picks_one(world):
     """The query gallery: thumbnails of the filtered queries, a page at a time; clicking one picks that query
     (the dropdown, the text reset and the view follow, as when the dropdown is used) and marks it."""
