@@ -337,3 +337,159 @@ def examples(per_pair: pd.DataFrame, queries, board: Leaderboard, reference: str
                             "n_pos": int(len(queries.positives(int(p)))), "ap": 100 * float(a.loc[p]),
                             "ap_ref": 100 * float(ref.loc[p])})
     return pd.DataFrame(out)
+
+
+# ----------------------------------------------------------------------------------------- xView2-CIR R@k
+XVIEW2_KS = (1, 5, 10)
+XVIEW2_IMAGES_ENV = "RSCIR_XVIEW2_IMAGES"
+XVIEW2_DOWNLOAD = ("the xView2 challenge images (xBD, Gupta et al. 2019; free registration at https://xview2.org/dataset): "
+                   "download the challenge data holding the list's test/images/<disaster>_<id>_pre_disaster and "
+                   "_post_disaster images, unpack it so that <folder>/test/images/… exists, and set the notebook "
+                   f"parameter xview2_images (or ${XVIEW2_IMAGES_ENV}) to <folder>")
+
+
+@dataclass
+class XView2Availability:
+    """What of xView2-CIR is on this machine: the query list (``list_file``, None if absent) and how many of the
+    images it names (pre-disaster queries and post-disaster targets) exist under ``images_root``."""
+
+    list_file: Path | None
+    images_root: Path | None
+    n_queries: int = 0
+    n_needed: int = 0
+    n_found: int = 0
+    missing_example: str = ""
+
+    @property
+    def ready(self) -> bool:
+        """True when retrieval can be evaluated offline: the list and every image it names are present."""
+        return self.list_file is not None and self.n_needed > 0 and self.n_found == self.n_needed
+
+    def message(self) -> str:
+        if self.list_file is None:
+            return ("xView2-CIR: the query list xview2_cir.csv is not in the data folder; take it from the official "
+                    "WeiCom code (github.com/billpsomas/rscir) and put it there. Its images: " + XVIEW2_DOWNLOAD + ".")
+        if self.ready:
+            return (f"xView2-CIR: {self.n_queries} queries, all {self.n_needed} images found under {self.images_root}: "
+                    "R@k is evaluated below.")
+        where = ("no image folder was given" if self.images_root is None else
+                 f"{self.n_found} of the {self.n_needed} images it names are under {self.images_root} "
+                 f"(e.g. missing: {self.missing_example})")
+        return (f"xView2-CIR cannot be evaluated offline: the query list {self.list_file} ({self.n_queries} queries) "
+                f"is present but the images are not — {where}. No xView2-CIR R@k is reported. To add it: "
+                + XVIEW2_DOWNLOAD + ".")
+
+
+def xview2_availability(data_root=None, images_root=None) -> XView2Availability:
+    """Check the xView2-CIR list (``<data_root>/xview2_cir.csv``) and its images under ``images_root`` (default
+    ``$RSCIR_XVIEW2_IMAGES``; the folder the list's ``test/images/…`` paths are relative to). Reads no image."""
+    import os
+
+    from .config import data_root as default_data_root
+    from .datasets.xview2 import XView2CIR, read_xview2_csv
+
+    list_file = Path(data_root or default_data_root()) / XView2CIR.LIST
+    env = os.environ.get(XVIEW2_IMAGES_ENV)
+    root = Path(images_root).expanduser() if images_root else (Path(env).expanduser() if env else None)
+    if not list_file.is_file():
+        return XView2Availability(None, root)
+    rows = read_xview2_csv(list_file)
+    needed = list(dict.fromkeys([*rows["image"], *rows["target"]]))
+    found = [p for p in needed if root is not None and (root / p).is_file()]
+    missing = next((p for p in needed if p not in set(found)), "")
+    return XView2Availability(list_file, root, len(rows), len(needed), len(found), missing)
+
+
+@dataclass
+class XView2Board:
+    """xView2-CIR R@k (%) on the test query images, one :class:`Leaderboard` per k (each family's λ chosen on the
+    validation images' R@k), with bootstrap CIs over test query images."""
+
+    boards: dict                   # k -> Leaderboard (by=None, metric r@k)
+    ks: tuple
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """Long: k, row, kind, family, method, lambda, map (= R@k, %), lo, hi."""
+        parts = [b.table.assign(k=k) for k, b in self.boards.items()]
+        t = pd.concat(parts, ignore_index=True)
+        return t[["k"] + [c for c in t.columns if c != "k"]]
+
+    def wide(self, digits: int = 1) -> pd.DataFrame:
+        """Selected rows: methods × R@k as ``"45.2 [43.0, 47.5] (λ=0.3)"``, the best of each column in bold."""
+        from . import methods as registry
+
+        t = self.table[self.table["kind"] == "selected"]
+        fams = list(dict.fromkeys(t["family"]))
+        labels = {f: registry.REGISTRY[f].label if f in registry.REGISTRY else f for f in fams}
+        out = pd.DataFrame(index=[labels[f] for f in fams], columns=[f"R@{k}" for k in self.ks], dtype=object)
+        for k in self.ks:
+            tk = t[t["k"] == k]
+            best = tk["map"].max()
+            for rec in tk.to_dict("records"):
+                lam = rec["lambda"]
+                text = (f"{rec['map']:.{digits}f} [{rec['lo']:.{digits}f}, {rec['hi']:.{digits}f}]"
+                        + ("" if lam is None or (isinstance(lam, float) and math.isnan(lam)) else f" (λ={lam:g})"))
+                out.loc[labels[rec["family"]], f"R@{k}"] = f"**{text}**" if np.isclose(rec["map"], best) else text
+        out.index.name = "method"
+        return out
+
+    def to_markdown(self) -> str:
+        wide = self.wide()
+        head = "| method | " + " | ".join(wide.columns) + " |"
+        body = ["| " + " | ".join([str(i)] + [str(v) for v in row]) + " |" for i, row in zip(wide.index, wide.values)]
+        return "\n".join([head, "|---|" + "---|" * len(wide.columns)] + body)
+
+    def record(self) -> dict:
+        """For results.json: {"R@k": {row: {map, lo, hi, kind, family, method, lambda}}}."""
+        return {f"R@{k}": {r["row"]: {key: r[key] for key in ("map", "lo", "hi", "kind", "family", "method", "lambda")}
+                           for r in b.table.to_dict("records")} for k, b in self.boards.items()}
+
+
+def xview2_recall(per_pair: pd.DataFrame, queries, split: QuerySplit, ks=XVIEW2_KS, n_boot: int = 1000,
+                  seed: int = 0, level: float = 0.95, meta: dict | None = None) -> XView2Board:
+    """xView2-CIR's R@k leaderboard from the engine's per-pair table (evaluated with ``ks`` ⊇ these k): for each k,
+    :func:`leaderboard` with ``metric="r@k"`` over all pairs (``by=None``; one target per query, so R@k is the
+    share of test queries whose target is in the top k)."""
+    ks = tuple(int(k) for k in ks)
+    if not ks:
+        raise ParameterError("xView2-CIR R@k needs at least one k")
+    boards = {k: leaderboard(per_pair, queries, split, by=None, metric=f"r@{k}", n_boot=n_boot, seed=seed,
+                             level=level, compare=False, meta=dict(meta or {}, benchmark="xView2-CIR"))
+              for k in ks}
+    return XView2Board(boards, ks)
+
+
+def run_xview2(availability: XView2Availability, model: str, cache_dir, methods, lambdas, ks=XVIEW2_KS,
+               val_fraction: float = 0.3, split_seed: int = 0, n_boot: int = 1000, seed: int = 0, device="auto",
+               batch_size: int = 64, setup=None, encoder=None, progress: bool = False):
+    """Notebook 09's xView2-CIR section: features of the list's images (cached in ``cache_dir``), every method × λ
+    evaluated with R@k, a seeded validation/test split of the query images (stored in ``cache_dir``), and
+    :func:`xview2_recall`. Returns (XView2Board, split, split_file, per_pair). Needs ``availability.ready``."""
+    from . import methods as registry
+    from . import pipeline, stats
+    from .datasets.xview2 import XView2CIR
+    from .engine import evaluate
+
+    if not availability.ready:
+        raise DataError(availability.message())
+    bench = pipeline.load_benchmark(XView2CIR(availability.list_file.parent, images_root=availability.images_root),
+                                    model, cache_dir, size=None, device=device, batch_size=batch_size, setup=setup,
+                                    encoder=encoder, progress=progress)
+    frames = []
+    for m in methods:
+        source = bench.texts
+        if registry.get(m).prepare is not None:  # FreeDom embeds "word + text" strings: needs the encoder
+            if encoder is None:
+                raise ParameterError(f"method {m!r} on xView2-CIR needs the text encoder (encoder=…)")
+            source = encoder
+        frames.append(evaluate(bench.queries, bench.archive, source, methods=[m], lambdas=lambdas, ks=ks,
+                               device=device, progress=False))
+    per_pair = pd.concat(frames, ignore_index=True)
+    images = bench.queries.table["query_path"].astype(str).to_numpy()
+    split_file = (Path(cache_dir) / f"xview2_query_split_seed{split_seed}_{val_fraction:g}_"
+                  f"{stats.images_digest(set(images))}.json")
+    split = stats.load_or_make_split(split_file, images, "xview2", fraction=val_fraction, seed=split_seed)
+    board = xview2_recall(per_pair, bench.queries, split, ks=ks, n_boot=n_boot, seed=seed,
+                          meta={"model": model, "archive_images": len(bench.archive.paths)})
+    return board, split, split_file, per_pair
