@@ -182,6 +182,19 @@ def _qe_reference(row, X, q, n, alpha):
     return X @ (acc / np.linalg.norm(acc))
 
 
+def _qe_base(name, lam, X, v, w, other):
+    """Slow reference of a base method's row (and its composed query vector, None for score fusions) before αQE."""
+    if name == "weicom":
+        from scipy.special import ndtr
+        return -(lam * ndtr(-_z(X @ w)) + (1 - lam) * ndtr(-_z(X @ v))), None
+    if name == "image":
+        return X @ v, None
+    if name == "slerp":
+        q = _slerp(v, w, lam)
+        return X @ q, q
+    return _reference_row(other, lam, X, v, w), None
+
+
 @pytest.mark.parametrize("method,lam", [("weicom+qe", 0.5), ("slerp+qe:n=4,alpha=1", 0.6), ("image+qe", None),
                                         ("rrf+qe:n=3", 0.5)])
 def test_query_expansion_on_any_method(bench, method, lam):
@@ -192,16 +205,7 @@ def test_query_expansion_on_any_method(bench, method, lam):
     qe = dict(spec.qe)
     for i in range(0, len(queries), 4):
         X, v, w, rel = _rows(bench, i)
-        if spec.name == "weicom":
-            from scipy.special import ndtr
-            base, q = -(lam * ndtr(-_z(X @ w)) + (1 - lam) * ndtr(-_z(X @ v))), None
-        elif spec.name == "image":
-            base, q = X @ v, None
-        elif spec.name == "slerp":
-            q = _slerp(v, w, lam)
-            base = X @ q
-        else:
-            base, q = _reference_row("rrf", lam, X, v, w), None
+        base, q = _qe_base(spec.name, lam, X, v, w, other="rrf")
         ref = average_precision(_qe_reference(base, X, q, qe["n"], qe["alpha"]), rel)
         assert pp["ap"].iat[i] == pytest.approx(ref, abs=1e-6), (method, i)
     assert methods.method_label(method, lam).startswith(methods.REGISTRY[spec.name].label)
@@ -277,16 +281,7 @@ def test_query_expansion_with_duplicate_archive_items(bench, method, lam):
         w = texts.lookup([row["text"]])[0].astype(np.float64)
         rel = np.zeros(len(X), bool)
         rel[queries.positives(i)] = True
-        if spec.name == "weicom":
-            from scipy.special import ndtr
-            base, q = -(lam * ndtr(-_z(X @ w)) + (1 - lam) * ndtr(-_z(X @ v))), None
-        elif spec.name == "image":
-            base, q = X @ v, None
-        elif spec.name == "slerp":
-            q = _slerp(v, w, lam)
-            base = X @ q
-        else:
-            base, q = _reference_row("harris", lam, X, v, w), None
+        base, q = _qe_base(spec.name, lam, X, v, w, other="harris")
         assert sorted(base)[-1] == sorted(base)[-2]  # the best item has its twin: a tie at the top
         ref = average_precision(_qe_reference(base, X, q, qe["n"], qe["alpha"]), rel)
         assert got["kernel"].iat[i] == pytest.approx(ref, abs=1e-6), (method, i)
