@@ -299,7 +299,7 @@ def alpha_query_expansion(scores, X, query=None, n: int = 10, alpha: float = 3.0
 def expanded_query(top, X, query=None, alpha: float = 3.0):
     """αQE's new query (B, d), unit rows: ``query + Σ_i max(c_i, 0)^α · x_i`` over the top-n archive indices
     ``top`` (B, n), best first (see :func:`alpha_query_expansion`, which is this after :func:`_stable_topk`;
-    the engine finds ``top`` with its compiled selection, rscir_kit.metrics.block_topn)."""
+    the engine finds ``top`` with its compiled selection, rscir_kit.kernels.block_topn)."""
     X, _ = _t(X)
     top, _ = _t(top)
     nb = torch.index_select(X, 0, top.reshape(-1)).view(*top.shape, X.shape[1])  # (B, n, d): X[top], faster

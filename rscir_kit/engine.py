@@ -12,7 +12,7 @@ returns a tidy per-pair table. It never loops in Python over the archive or over
   normalised once per block into reused buffers, in place; each distinct text once (globally when few);
   image-only and text-only rows are sorted once and shared by every pair using them; then every
   (pair, ranking) goes through the same compiled sort-free exact AP kernel
-  (:func:`rscir_kit.metrics.block_metrics`), the λ values of a pair back to back while its rows are in
+  (:func:`rscir_kit.kernels.block_metrics`), the λ values of a pair back to back while its rows are in
   cache. On CUDA the same rankings are scored with torch (sort + binary search);
 - **assemble** (:func:`_assemble`): the per-pair table, empty-positive policy, optional AP rounding.
 """
@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 from . import methods as registry
 from .config import resolve_device, show_progress
 from .errors import DataError, ModelMismatchError, ParameterError
-from .metrics import _OP, block_metrics, block_topn, pad_positives, positive_ranks, ranking_metrics, sort_rows
+from .kernels import _OP, block_metrics, block_topn
+from .metrics import pad_positives, positive_ranks, ranking_metrics, sort_rows
 from .normalization import normalize, official_cdf, weicom_upper_tail
 from .queries import QuerySet
 from .reference import ATTRIBUTES
@@ -110,7 +111,7 @@ def _check_finite(name: str, feats: np.ndarray) -> None:
 # ----------------------------------------------------------------------------------------- plan
 @dataclass(frozen=True)
 class Ranking:
-    """One distinct ranking: fusion ``op`` (:data:`rscir_kit.metrics.FUSIONS`) of the image-side and
+    """One distinct ranking: fusion ``op`` (:data:`rscir_kit.kernels.FUSIONS`) of the image-side and
     text-side rows normalised by ``inputs`` (``raw``, ``tail``, ``official`` or a normalisation name),
     weights ``w``; ``method``/``lam`` fall back to the registry's fusion for ``op == "row"``."""
 
@@ -444,7 +445,7 @@ def _is_row(plan: Plan, r: Ranking) -> bool:
 
 def _kernel_topn(plan: Plan, base: Ranking, img_side: _Side, txt_side: _Side, li, ti, block, k: int) -> np.ndarray:
     """(B, k) int64: each pair's k best archive indices under ranking ``base`` (stable order), by the compiled
-    selection :func:`rscir_kit.metrics.block_topn` — a kernel fusion is fused row by row, never materialised."""
+    selection :func:`rscir_kit.kernels.block_topn` — a kernel fusion is fused row by row, never materialised."""
     n = plan.X.shape[0]
     rows = np.zeros((0, 1, n), np.float32)
     if base.op == "row":

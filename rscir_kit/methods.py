@@ -32,7 +32,7 @@ every λ by the float32 score ``λ·Φ(z_txt) + (1-λ)·Φ(z_img)`` exactly as t
 (:func:`rscir_kit.normalization.official_cdf`), saturation ties included.
 
 This module needs only numpy at import, so the archive index and ``rscir-kit search`` read the λ check and
-the WeiCom form without loading torch or scipy (Q is Cephes' ``ndtr`` in numpy, :func:`upper_tail`); the
+the WeiCom form without loading torch (Q is scipy's ``ndtr``, imported on first use, :func:`upper_tail`); the
 functions that take torch tensors import it when called.
 """
 from __future__ import annotations
@@ -77,88 +77,16 @@ def check_normalization(norm: str) -> str:
 _SQRT1_2 = 0.7071067811865476
 
 
-# Cephes' erf/erfc rational approximations (ndtr.c, as in scipy.special.ndtr), highest power first.
-_ERFC_P = (2.46196981473530512524e-10, 5.64189564831068821977e-1, 7.46321056442269912687e0,
-           4.86371970985681366614e1, 1.96520832956077098242e2, 5.26445194995477358631e2,
-           9.34528527171957607540e2, 1.02755188689515710272e3, 5.57535335369399327526e2)
-_ERFC_Q = (1.0, 1.32281951154744992508e1, 8.67072140885989742329e1, 3.54937778887819891062e2,
-           9.75708501743205489753e2, 1.82390916687909736289e3, 2.24633760818710981792e3,
-           1.65666309194161350182e3, 5.57535340817727675546e2)
-_ERFC_R = (5.64189583547755073984e-1, 1.27536670759978104416e0, 5.01905042251180477414e0,
-           6.16021097993053585195e0, 7.40974269950448939160e0, 2.97886665372100240670e0)
-_ERFC_S = (1.0, 2.26052863220117276590e0, 9.39603524938001434673e0, 1.20489539808096656605e1,
-           1.70814450747565897222e1, 9.60896809063285878198e0, 3.36907645100081516050e0)
-_ERF_T = (9.60497373987051638749e0, 9.00260197203842689217e1, 2.23200534594684319226e3,
-          7.00332514112805075473e3, 5.55923013010394962768e4)
-_ERF_U = (1.0, 3.35617141647503099647e1, 5.21357949780152679795e2, 4.59432382970980127987e3,
-          2.26290000613890934246e4, 4.92673942608635921086e4)
-
-
-_MAXLOG = 7.09782712893383996843e2
-
-
-def _polevl(x: np.ndarray, coefs) -> np.ndarray:
-    out = x * coefs[0]
-    out += coefs[1]
-    for c in coefs[2:]:
-        out *= x
-        out += c
-    return out
-
-
-def _erf_small(x: np.ndarray) -> np.ndarray:
-    """erf(x) for |x| <= 1 (Cephes)."""
-    z = x * x
-    out = _polevl(z, _ERF_T)
-    out *= x
-    out /= _polevl(z, _ERF_U)
-    return out
-
-
-def _erfc_big(x: np.ndarray) -> np.ndarray:
-    """erfc(x) for 1 <= x <= 30 (Cephes: exp(-x²)·P/Q below 8, R/S beyond, the same operation order; 0 where
-    Cephes underflows)."""
-    out = np.exp(-(x * x))
-    out *= _polevl(x, _ERFC_P)
-    out /= _polevl(x, _ERFC_Q)
-    far = x >= 8.0
-    if far.any():
-        xf = x[far]
-        with np.errstate(under="ignore"):
-            out[far] = np.exp(-(xf * xf)) * _polevl(xf, _ERFC_R) / _polevl(xf, _ERFC_S)
-    out[x * x > _MAXLOG] = 0.0
-    return out
-
-
-def _ndtr_neg(x: np.ndarray) -> np.ndarray:
-    """Cephes' ndtr(a) from x = a/√2 (1-D float64): 0.5 + 0.5·erf(x) for |x| < 1/√2, else 0.5·erfc(|x|), 1 - that
-    for x > 0."""
-    ax = np.abs(x)
-    central, low = ax < _SQRT1_2, ax < 1.0
-    e = _erf_small(np.where(central, x, np.where(low, ax, 0.0)))   # erfc(|x|) = 1 - erf(|x|) below 1
-    with np.errstate(under="ignore", invalid="ignore"):
-        tail = np.where(low, 1.0 - e, _erfc_big(np.clip(ax, 1.0, 30.0)))
-    tail *= 0.5
-    return np.where(central, 0.5 + 0.5 * e, np.where(x > 0, 1.0 - tail, tail))
-
-
-_TAIL_BLOCK = 1 << 15  # elements per block: the temporaries stay in cache
-
-
 def upper_tail(z):
-    """Q(z) = 1 - Φ(z) for z-scores (numpy: float64 ``ndtr(-z)``; torch: ``erfc(z/√2)/2`` in its dtype).
-
-    Both are accurate far into the tail, where ``1 - Φ(z)`` would round to 0. The numpy form is Cephes'
-    ``ndtr`` (what ``scipy.special.ndtr`` computes, bit for bit) in numpy, so the index needs no scipy.
+    """Q(z) = 1 - Φ(z) for z-scores (numpy: float64 ``scipy.special.ndtr(-z)``; torch: ``erfc(z/√2)/2`` in its
+    dtype). Both are accurate far into the tail, where ``1 - Φ(z)`` would round to 0. scipy.special is
+    imported here, on first use (~0.2 s), not with the module, so ``search`` starts without it until it scores.
     """
     if isinstance(z, np.ndarray) or np.isscalar(z):
-        shape = np.shape(z)
-        x = np.asarray(z, dtype=np.float64).reshape(-1) * -_SQRT1_2
-        out = np.empty_like(x)
-        for s in range(0, len(x), _TAIL_BLOCK):
-            out[s:s + _TAIL_BLOCK] = _ndtr_neg(x[s:s + _TAIL_BLOCK])
-        out = out.reshape(shape)
-        return out if out.ndim else out[()]
+        from scipy.special import ndtr
+
+        out = ndtr(-np.asarray(z, dtype=np.float64))
+        return out if np.ndim(out) else out[()]
     return (z * _SQRT1_2).erfc_().mul_(0.5)
 
 
@@ -224,7 +152,7 @@ class Method:
     norm: normalisation applied to both similarities first (a ``:norm`` suffix overrides it when
     ``norm_suffix``). kernel(lam, numerics): how the engine's compiled kernel evaluates the ranking,
     ``(inputs, op, w)`` — inputs ``"raw"``, a normalisation name, ``"tail"`` (Q) or ``"official"`` (the
-    official float32 Φ); op one of :data:`rscir_kit.metrics.FUSIONS`; w the op's weights — or None to
+    official float32 Φ); op one of :data:`rscir_kit.kernels.FUSIONS`; w the op's weights — or None to
     rank by ``fusion`` itself. alias(lam, numerics): another method whose ranking this one equals
     (shares its work), or None.
     """
@@ -291,7 +219,7 @@ def _lin_kernel(inputs):
 def _harris_fusion(a, b, lam):
     """compose.harris on rectified similarities (norm "relu", applied once per distinct image / text); torch rows:
     −λ(a+b)² + a·b, the same number as a·b − λ(a+b)² up to rounding. The engine's kernel evaluates it as the
-    fusion op ``harris`` (rscir_kit.metrics._fuse_row), rounded exactly as this torch form."""
+    fusion op ``harris`` (rscir_kit.kernels._fuse_row), rounded exactly as this torch form."""
     from . import compose
 
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):

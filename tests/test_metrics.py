@@ -163,7 +163,7 @@ def test_block_topn_is_a_stable_sorts_first_k_with_ties(op, w):
     import numba
     import torch
 
-    from rscir_kit.metrics import _OP, block_topn
+    from rscir_kit.kernels import _OP, block_topn
 
     rng = np.random.default_rng(3)
     img, txt, li, ti, rows, pw = _tie_inputs(rng)
@@ -189,7 +189,7 @@ def test_kernel_harris_and_pairlin_round_as_their_torch_forms():
     import torch
 
     from rscir_kit.methods import _harris_fusion
-    from rscir_kit.metrics import _OP, _fuse_row
+    from rscir_kit.kernels import _OP, _fuse_row
 
     rng = np.random.default_rng(11)
     a = rng.random((6, 2003)).astype(np.float32)

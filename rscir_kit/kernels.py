@@ -1,0 +1,322 @@
+"""The engine's compiled (numba) kernels: the sort-free AP / P@k / R@k block kernel, the fused score rows
+(fusion ops), and the stable top-n selection. Their metric definitions are those of :mod:`rscir_kit.metrics`
+(ties by archive order), which tests check against its 1-D references.
+
+They live apart from the rest so that numba's on-disk cache (``cache=True``, keyed by this file's
+modification time) is compiled once and survives edits to every other module.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit
+from numba.core import types as nb_types
+from numba.extending import intrinsic
+
+
+# ----------------------------------------------------------------------------- compiled sort-free kernel
+# AP needs, for each positive p, only its rank r_p = #{j: f_j > f_p} + #{j < p: f_j = f_p} (descending
+# score, ties by archive order). Per (pair, method, λ) the kernel fuses one score row f (N) from rows held
+# in cache, orders the P positives (P log P), and finds every r_p in one pass over f: a monotone bucket
+# function over [min, max] of the positives' scores sends items below the lowest positive to bucket 0,
+# items above the highest to bucket K+1 and the others to 1..K; counts per bucket give, for each
+# positive, the items in higher buckets (all strictly greater, by monotonicity); only items sharing a
+# bucket with a positive are compared exactly (a binary search among that bucket's positives). No sort
+# of the archive, no (B, N) temporaries.
+
+#: Fusion ops of :func:`block_metrics` (a = image-side row, b = text-side row, all float32):
+#: a, b, mean ((a+b)/2), add, mul, min, negfma (-(a + w0·b), one rounding), lin (w0·a + w1·b, each
+#: product rounded), row (a precomputed fused row), sorted_a / sorted_b (rank a / b through its row
+#: sorted once and shared by every pair using it), harris (BASIC's a·b − w0·(a+b)², rounded as torch's
+#: ``s = a+b; s.mul_(s).mul_(-w0).addcmul_(a, b)``: fl(fl(s·s)·fl(−w0)), then a·b added with one rounding),
+#: pairlin (per-pair weights: fl(a·w0) + b·w1 with one rounding, as torch's ``a.mul_(w0).addcmul_(b, w1)`` — Slerp).
+_BUCKETS_PER_POSITIVE = 4
+_MAX_BUCKETS = 1 << 16
+FUSIONS = ("a", "b", "mean", "add", "mul", "min", "negfma", "lin", "row", "sorted_a", "sorted_b", "harris",
+           "pairlin")
+_OP = {name: i for i, name in enumerate(FUSIONS)}
+
+
+@intrinsic
+def _fma32(typingctx, a, b, c):
+    """fl32(a·b + c) with one rounding (llvm.fma), as torch's ``add(c, b, alpha=a)`` on CPU and CUDA."""
+    sig = nb_types.float32(nb_types.float32, nb_types.float32, nb_types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True)
+def _fuse_row(op, a, b, w0, w1, out):
+    n = a.shape[0]
+    if op == 2:
+        two = np.float32(2.0)
+        for j in range(n):
+            out[j] = (a[j] + b[j]) / two
+    elif op == 3:
+        for j in range(n):
+            out[j] = a[j] + b[j]
+    elif op == 4:
+        for j in range(n):
+            out[j] = a[j] * b[j]
+    elif op == 5:
+        for j in range(n):
+            out[j] = min(a[j], b[j])
+    elif op == 6:
+        c = np.float32(w0)
+        for j in range(n):
+            out[j] = -_fma32(b[j], c, a[j])
+    elif op == 12:  # pairlin
+        c0, c1 = np.float32(w0), np.float32(w1)
+        for j in range(n):
+            out[j] = _fma32(b[j], c1, a[j] * c0)
+    elif op == 11:  # harris
+        c = np.float32(-w0)
+        for j in range(n):
+            s = a[j] + b[j]
+            out[j] = _fma32(a[j], b[j], (s * s) * c)
+    else:  # 7: lin
+        c0, c1 = np.float32(w0), np.float32(w1)
+        for j in range(n):
+            out[j] = c0 * a[j] + c1 * b[j]
+
+
+@njit(cache=True, nogil=True)
+def _select_top(f, k, tv, ti):
+    """The k best entries of row ``f`` into ``ti`` (indices) / ``tv`` (values), best first, ties by lower index:
+    exactly the first k of a stable descending sort, in one pass (insertion into a sorted k-buffer)."""
+    cnt = 0
+    for j in range(f.shape[0]):
+        v = f[j]
+        if cnt < k:
+            p = cnt
+            cnt += 1
+        elif v > tv[k - 1]:
+            p = k - 1
+        else:
+            continue
+        while p > 0 and tv[p - 1] < v:  # strict: an equal earlier entry stays ahead
+            tv[p] = tv[p - 1]
+            ti[p] = ti[p - 1]
+            p -= 1
+        tv[p] = v
+        ti[p] = j
+
+
+@njit(cache=True, parallel=True)
+def block_topn(img, txt, rows, li, ti, op, slot_a, slot_b, w0, w1, pw, k, out, n_threads):
+    """Each pair's k best archive indices under one ranking, best first, ties by lower index (a stable
+    descending sort's first k), written into ``out`` (B, k) int64 — the ranking given as in
+    :func:`block_metrics` (op, slots, weights, ``pw`` (B, 2) the per-pair weights of ``pairlin``; ``row``:
+    ``rows[slot_a, i]``), fused row by row, never
+    materialised as a (B, N) array and never sorted."""
+    n_pairs_block = li.shape[0]
+    n = img.shape[2] if img.shape[0] > 0 else (txt.shape[2] if txt.shape[0] > 0 else rows.shape[2])
+    n_chunks = min(n_threads, max(1, n_pairs_block))
+    for c in numba.prange(n_chunks):
+        f = np.empty(n, np.float32)
+        tv = np.empty(k, np.float32)
+        for i in range(c * n_pairs_block // n_chunks, (c + 1) * n_pairs_block // n_chunks):
+            if op == 0 or op == 9:
+                row = img[slot_a, li[i]]
+            elif op == 1 or op == 10:
+                row = txt[slot_b, ti[i]]
+            elif op == 8:
+                row = rows[slot_a, i]
+            elif op == 12:
+                _fuse_row(op, img[slot_a, li[i]], txt[slot_b, ti[i]], np.float64(pw[i, 0]), np.float64(pw[i, 1]), f)
+                row = f
+            else:
+                _fuse_row(op, img[slot_a, li[i]], txt[slot_b, ti[i]], w0, w1, f)
+                row = f
+            _select_top(row, k, tv, out[i])
+
+
+@njit(cache=True, nogil=True)
+def _ranks_from_row(f, pos, sv, sidx, ranks, pb, diff, cnt, first, last, cand, n_buckets):
+    """Ranks (0-based, rank order) of the positives ``pos`` (ascending archive indices) in row ``f``.
+
+    Fills ``sv``/``sidx`` (positives' scores / indices in rank order) and ``ranks``; scratch arrays
+    ``pb`` (P), ``diff`` (P+1), ``cnt`` / ``last`` (≥ n_buckets+2), ``cand`` (N) are overwritten; ``first``
+    (≥ n_buckets+2) must hold -1 everywhere and is left so.
+    """
+    p_count = pos.shape[0]
+    for k in range(p_count):
+        sv[k] = -f[pos[k]]
+    order = np.argsort(sv[:p_count], kind="mergesort")  # stable on ascending indices: (score desc, index asc)
+    for k in range(p_count):
+        q = order[k]
+        sidx[k] = pos[q]
+        sv[k] = f[pos[q]]
+    hi = sv[0]
+    lo = sv[p_count - 1]
+    K = n_buckets
+    scale = 0.0
+    if hi > lo:
+        scale = K * (1.0 - 1e-6) / (np.float64(hi) - np.float64(lo))
+    kf = np.float64(K)
+    for b in range(K + 2):
+        cnt[b] = 0
+    for k in range(p_count + 1):
+        diff[k] = 0
+    lo64 = np.float64(lo)
+    # bucket of each positive; rank order = non-increasing buckets, so each bucket's positives are a run
+    for k in range(p_count):
+        t = (np.float64(sv[k]) - lo64) * scale + 1.0
+        pb[k] = int(min(max(t, 0.0), kf))
+    # first[b] / last[b]: the run of bucket b in rank order
+    for k in range(p_count):
+        b = pb[k]
+        if first[b] < 0:
+            first[b] = k
+        last[b] = k + 1
+    # pass 1 (branch-free): count the items above the highest positive, collect those in [lo, hi]
+    n = f.shape[0]
+    above = 0
+    m = 0
+    for j in range(n):
+        v = f[j]
+        cand[m] = j
+        m += (v >= lo) & (v <= hi)
+        above += v > hi
+    # pass 2, over the candidates only: bucket counts, exact comparison within a positive's bucket
+    for c in range(m):
+        j = cand[c]
+        v = f[j]
+        t = (np.float64(v) - lo64) * scale + 1.0
+        b = int(min(max(t, 0.0), kf))
+        cnt[b] += 1
+        s = first[b]
+        if s >= 0:
+            e = last[b]
+            # item j is ranked above the positive at q iff sv[q] < v or (sv[q] == v and sidx[q] > j);
+            # that holds on a suffix [q, e) of the run: find q by binary search
+            l, r = s, e
+            while l < r:
+                mid = (l + r) >> 1
+                if sv[mid] < v or (sv[mid] == v and sidx[mid] > j):
+                    r = mid
+                else:
+                    l = mid + 1
+            if l < e:
+                diff[l] += 1
+                diff[e] -= 1
+    b_cur = K + 1
+    within = 0
+    for k in range(p_count):
+        while b_cur > pb[k]:
+            above += cnt[b_cur]
+            b_cur -= 1
+        within += diff[k]
+        ranks[k] = above + within
+    for k in range(p_count):
+        first[pb[k]] = -1
+    return p_count
+
+
+@njit(cache=True, nogil=True)
+def _ranks_from_sorted(f, srt, pos, sv, sidx, ranks):
+    """Ranks of the positives through ``srt`` (``f`` sorted ascending, shared by all pairs of the row)."""
+    p_count = pos.shape[0]
+    n = f.shape[0]
+    for k in range(p_count):
+        sv[k] = -f[pos[k]]
+    order = np.argsort(sv[:p_count], kind="mergesort")
+    for k in range(p_count):
+        q = order[k]
+        p = pos[q]
+        v = f[p]
+        sidx[k] = p
+        sv[k] = v
+        right = np.searchsorted(srt, v, side="right")  # number of scores <= v
+        r = n - right
+        if right >= 2 and srt[right - 2] == v:  # tied with another item: count equal ones earlier
+            for j in range(p):
+                if f[j] == v:
+                    r += 1
+        ranks[k] = r
+    return p_count
+
+
+@njit(cache=True, nogil=True)
+def _store(ranks, p_count, ks, ap_out, hits_out, m, pair):
+    if p_count == 0:
+        ap_out[m, pair] = np.nan
+        for i in range(ks.shape[0]):
+            hits_out[m, i, pair] = 0
+        return
+    total = 0.0
+    for k in range(p_count):
+        total += (k + 1.0) / (ranks[k] + 1.0)
+    ap_out[m, pair] = total / p_count
+    for i in range(ks.shape[0]):
+        h = 0
+        for k in range(p_count):
+            if ranks[k] < ks[i]:
+                h += 1
+        hits_out[m, i, pair] = h
+
+
+@njit(cache=True, parallel=True)
+def block_metrics(img, txt, rows, img_sorted, txt_sorted, li, ti, pair_ids, pset, pos_ptr, pos_idx,
+                  ops, slot_a, slot_b, w, pw, ks, ap_out, hits_out, n_threads):
+    """AP and hits@k of every (pair, ranking) of one block, the rankings of a pair back to back.
+
+    img (S_i, C, N) / txt (S_t, T, N): the block's image-side / text-side input rows (raw, normalised,
+    ...; float32); rows (S_r, B, N): precomputed fused rows (op ``row``); img_sorted (C', N) /
+    txt_sorted (T', N): rows sorted ascending (ops ``sorted_a`` / ``sorted_b``).
+    li / ti (B,): each pair's image / text row; pair_ids (B,): its index in the outputs; pset (B,): its
+    positive set; pos_ptr, pos_idx: positive set k, ascending, is ``pos_idx[pos_ptr[k]:pos_ptr[k+1]]``.
+    ops / slot_a / slot_b (M,) and w (M, 2): ranking m = fusion ``FUSIONS[ops[m]]`` of img[slot_a[m]] and
+    txt[slot_b[m]] with weights w[m] (``pairlin``: pw[m, i] (M, B, 2), pair i's own). Writes ap_out[m, pair] (NaN without positives) and
+    hits_out[m, i, pair] = number of positives in the top ks[i]. n_threads: chunks run in parallel.
+    """
+    n_pairs_block = li.shape[0]
+    n = img.shape[2] if img.shape[0] > 0 else (txt.shape[2] if txt.shape[0] > 0 else rows.shape[2])
+    n_chunks = min(n_threads, max(1, n_pairs_block))
+    max_p = 1
+    for i in range(n_pairs_block):
+        max_p = max(max_p, pos_ptr[pset[i] + 1] - pos_ptr[pset[i]])
+    for c in numba.prange(n_chunks):
+        f = np.empty(n, np.float32)
+        sv = np.empty(max_p, np.float32)
+        sidx = np.empty(max_p, np.int64)
+        ranks = np.empty(max_p, np.int64)
+        pb = np.empty(max_p, np.int64)
+        diff = np.empty(max_p + 1, np.int64)
+        n_cnt = min(_BUCKETS_PER_POSITIVE * max_p, _MAX_BUCKETS) + 2
+        cnt = np.empty(n_cnt, np.int64)
+        last = np.empty(n_cnt, np.int64)
+        first = np.full(n_cnt, -1, np.int64)
+        cand = np.empty(n, np.int64)
+        for i in range(c * n_pairs_block // n_chunks, (c + 1) * n_pairs_block // n_chunks):
+            pair = pair_ids[i]
+            pos = pos_idx[pos_ptr[pset[i]]:pos_ptr[pset[i] + 1]]
+            p_count = pos.shape[0]
+            n_buckets = min(_BUCKETS_PER_POSITIVE * p_count, _MAX_BUCKETS) if p_count > 0 else 1
+            for m in range(ops.shape[0]):
+                op = ops[m]
+                if p_count == 0:
+                    _store(ranks, 0, ks, ap_out, hits_out, m, pair)
+                    continue
+                if op == 9:
+                    _ranks_from_sorted(img[slot_a[m], li[i]], img_sorted[li[i]], pos, sv, sidx, ranks)
+                elif op == 10:
+                    _ranks_from_sorted(txt[slot_b[m], ti[i]], txt_sorted[ti[i]], pos, sv, sidx, ranks)
+                else:
+                    if op == 0:
+                        row = img[slot_a[m], li[i]]
+                    elif op == 1:
+                        row = txt[slot_b[m], ti[i]]
+                    elif op == 8:
+                        row = rows[slot_a[m], i]
+                    else:
+                        w0, w1 = w[m, 0], w[m, 1]
+                        if op == 12:
+                            w0, w1 = np.float64(pw[m, i, 0]), np.float64(pw[m, i, 1])
+                        _fuse_row(op, img[slot_a[m], li[i]], txt[slot_b[m], ti[i]], w0, w1, f)
+                        row = f
+                    _ranks_from_row(row, pos, sv, sidx, ranks, pb, diff, cnt, first, last, cand, n_buckets)
+                _store(ranks, p_count, ks, ap_out, hits_out, m, pair)
