@@ -38,11 +38,13 @@ lab: $(BIN)/.installed
 	RSCIR_OUTPUT="$(LAB_OUTPUT)" PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" \
 	  $(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
 
-# The λ explorer as a small web app (Voilà) on http://localhost:8866 (PORT=... to change it).
+# The λ explorer as a small web app (Voilà) on http://localhost:8866 (PORT=... to change it), with the kit's
+# template notebooks/voila/templates/rscir-offline (Voilà's lab template without its CDN font links).
 PORT ?= 8866
 explorer: $(BIN)/.installed
 	RSCIR_OUTPUT="$(LAB_OUTPUT)" PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" \
-	  $(BIN)/voila notebooks/06_lambda_explorer.ipynb --port=$(PORT) --no-browser $(VOILA_ARGS)
+	  JUPYTER_PATH="$(CURDIR)/notebooks$${JUPYTER_PATH:+:$$JUPYTER_PATH}" \
+	  $(BIN)/voila notebooks/06_lambda_explorer.ipynb --template=rscir-offline --port=$(PORT) --no-browser $(VOILA_ARGS)
 
 # Test tiers (README "Tests"):
 #   make test       everything, as CI runs it: unit tests, import contracts (lint-imports), the CLI, and papermill
