@@ -56,6 +56,20 @@ def _wait_http(url: str, proc, timeout: float = 120) -> None:
     raise TimeoutError(f"{url} did not answer in {timeout} s")
 
 
+def _wait_port(port: int, proc, timeout: float = 60) -> None:
+    """Wait until a server listens on 127.0.0.1:``port``. For Voilà, not an HTTP GET: every GET of the page starts
+    a kernel that runs the notebook, and a second kernel would race the browser's."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} in {timeout} s")
+
+
 @pytest.fixture(scope="module")
 def artefacts() -> Path:
     root = Path(os.environ.get("RSCIR_TEST_ARTEFACTS") or REPO / "test-artefacts") / "browser"
@@ -270,6 +284,7 @@ def test_explorer_in_jupyterlab(driver, lab, artefacts):
 
 
 def test_explorer_served_by_voila(driver, env_and_notebook, artefacts):
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
     env, nbdir = env_and_notebook
@@ -281,9 +296,18 @@ def test_explorer_served_by_voila(driver, env_and_notebook, artefacts):
     log = open(nbdir.parent / "voila.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=nbdir)
     try:
-        _wait_http(f"http://127.0.0.1:{port}/", proc, timeout=60)
+        _wait_port(port, proc, timeout=60)
         driver.get(f"http://127.0.0.1:{port}/")  # returns at once (page_load_strategy "none"); then poll
-        WebDriverWait(driver, 600, poll_frequency=1).until(lambda d: (_snapshot(d) or [""])[0].startswith("query "))
+        try:
+            WebDriverWait(driver, 600, poll_frequency=1).until(
+                lambda d: (_snapshot(d) or [""])[0].startswith("query "))
+        except TimeoutException:
+            log.flush()
+            driver.save_screenshot(str(artefacts / "voila_0_timeout.png"))
+            body = driver.execute_script("return document.body ? document.body.innerText : ''") or ""
+            tail = (nbdir.parent / "voila.log").read_text(errors="replace")[-3000:]
+            pytest.fail(f"the Voilà page showed no query status in 600 s; page text: {body[:800]!r}; "
+                        f"browser SEVERE logs: {_severe_logs(driver)}; voila.log tail:\n{tail}")
         _exercise(driver, artefacts, "voila", full=False)
         errors = _severe_logs(driver)
         assert not errors, errors
