@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from . import reference
-from .errors import DataError
 from .engine import wide_table
+from .errors import DataError
 from .methods import method_label  # noqa: F401  (the one label; re-exported for the notebooks)
 
 AVG = reference.AVG

@@ -24,14 +24,17 @@ Feature level (one composed query vector per pair, then one similarity row):
 """
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from .errors import DataError, ParameterError
+from .io import atomic_path
 
 RRF_K = 60
 HARRIS_LAMBDA = 0.1          # BASIC's default (--harris_lambda)
@@ -459,10 +462,7 @@ CAPTIONS_FORMAT = 1
 def save_captions(path, archive_paths: Sequence[str], descriptions: Sequence[Sequence[str]], captioner: str = ""):
     """Write the archive's captions (a captioner's output, one list per image) as JSON for WeiMoCIR:
     ``{"format": 1, "captioner": …, "captions": {archive path: [description, …]}}`` (atomic write)."""
-    import json
-    from pathlib import Path
 
-    from .io import atomic_path
 
     if len(archive_paths) != len(descriptions):
         raise ParameterError(f"{len(descriptions)} description lists for {len(archive_paths)} archive images")
@@ -477,8 +477,6 @@ def save_captions(path, archive_paths: Sequence[str], descriptions: Sequence[Seq
 def load_captions(path, archive_paths: Sequence[str]) -> list[list[str]]:
     """The captions of ``archive_paths`` (in that order) from a :func:`save_captions` file; DataError naming the
     file and the first images it lacks."""
-    import json
-    from pathlib import Path
 
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))

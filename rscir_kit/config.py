@@ -16,6 +16,8 @@ import os
 import re
 from pathlib import Path
 
+from .errors import ParameterError, RscirError
+
 STANDIN_NAME = "ucm-minilm-standin"
 PAPER_DEFAULT_MODEL = "remoteclip-vit-l-14"
 
@@ -95,7 +97,6 @@ def resolve_device(device: str | None = "auto"):
 
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from .errors import ParameterError, RscirError
 
     try:
         dev = torch.device(device)

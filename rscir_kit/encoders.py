@@ -53,6 +53,7 @@ import contextlib
 import hashlib
 import json
 import shutil
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,8 +63,8 @@ import numpy as np
 
 from . import config
 from .errors import RscirError
-from .io import download_file
-from .modelsetup import ModelSetup, PRECISIONS, resolve_setup, weights_sha256
+from .io import atomic_path, download_file
+from .modelsetup import PRECISIONS, ModelSetup, resolve_setup, weights_sha256
 
 ACTIVATIONS = {"auto": "auto", "quickgelu": "quickgelu", "gelu": "gelu", "official": "gelu"}
 
@@ -269,7 +270,6 @@ def warn_truncated(tokenizer, texts: Sequence[str]) -> int:
     """Warn (with the count and an example) when texts exceed the context and are cut; returns the count."""
     cut = truncated_texts(tokenizer, texts)
     if cut:
-        import warnings
 
         warnings.warn(f"{len(cut)} of {len(texts)} texts are longer than the text encoder's context of "
                       f"{tokenizer.context_length} tokens and were cut (e.g. {texts[cut[0]][:60]!r}...); words after "
@@ -443,8 +443,6 @@ def _preset_cache(p: Preset, cache_dir: str | None) -> Path:
 
 def _unpack_member(p: Preset, zip_path: Path, dest_dir: Path, delete: bool) -> Path:
     """Extract the checkpoint member of a preset's zip into ``dest_dir`` (atomically); returns its path."""
-    from .io import atomic_path
-
     try:
         with zipfile.ZipFile(zip_path) as z:
             members = [m for m in z.namelist() if m.endswith(p.member_suffix)]
@@ -621,8 +619,6 @@ QUICKGELU_WARNING = r"QuickGELU mismatch"
 @contextlib.contextmanager
 def _quiet_quickgelu_warning(act: str):
     """open_clip warns when GELU meets the openai tag; with activation="gelu" that is the user's explicit choice."""
-    import warnings
-
     with warnings.catch_warnings():
         if act == "gelu":
             warnings.filterwarnings("ignore", message=QUICKGELU_WARNING)

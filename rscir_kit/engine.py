@@ -22,6 +22,7 @@ import math
 import re
 import warnings
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numba
 import numpy as np
@@ -259,8 +260,6 @@ def _plan(queries, archive, texts, methods, lambdas, query_features, device, on_
 
 def _prepare_methods(combos, queries, archive, texts, X, Qimg, uniq_txt, img_of_pair, txt_of_pair) -> dict:
     """Run each registry entry's ``prepare`` once (e.g. FreeDom's per-pair composed queries)."""
-    from types import SimpleNamespace
-
     ctx = SimpleNamespace(queries=queries, archive=archive, texts=texts, X=X, Qimg=Qimg, uniq_txt=uniq_txt,
                           img_of_pair=img_of_pair, txt_of_pair=txt_of_pair)
     out = {}

@@ -15,6 +15,7 @@ free text there is no ground truth and ``ap`` is None.
 from __future__ import annotations
 
 import base64
+import html
 import io
 import threading
 from dataclasses import dataclass, field
@@ -384,7 +385,6 @@ class LambdaExplorer:
         key = (self._query_index(self.query), self.text)
         if key in self._panels:
             return self._panels[key]
-        import base64
         import io
 
         import matplotlib.pyplot as plt
@@ -420,8 +420,6 @@ class LambdaExplorer:
         return panel
 
     def _cards(self, ranking: "Ranking", query: int) -> str:
-        import html
-
         out = []
         for r, (i, pos) in enumerate(zip(ranking.topk, ranking.positive)):
             name = html.escape(Path(self.paths[i]).name)
@@ -440,7 +438,6 @@ class LambdaExplorer:
         """What the widget shows, as one HTML fragment (status, benchmark mAP, top-k cards wrapping into rows,
         the comparison row, the score panel with the λ marker): replaced in one piece, so the status and the
         figure can never disagree."""
-        import html
 
         state = state or self.state or self.set()
         lines = [f"<div class='rscir-status' style='font-weight:bold'>{html.escape(state.summary())}</div>"]

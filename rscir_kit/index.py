@@ -72,6 +72,7 @@ import os
 import shutil
 import struct
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +81,7 @@ import numpy as np
 from .errors import DataError, ModelMismatchError, RscirError
 from .features import check_same_model
 from .imagesets import load_image
+from .io import output_errors, run_lock
 from .methods import check_lambda, upper_tail
 from .methods import weicom_tail as methods_weicom_tail
 
@@ -381,7 +383,6 @@ class ArchiveIndex:
         n, d = rows.shape
         if n < 2 or d < 1:
             raise DataError(f"cannot index an archive of shape {rows.shape}: need at least 2 rows")
-        from .io import output_errors, run_lock
 
         tmp = out.with_name(out.name + ".building")
         with run_lock(out, "index build"), output_errors(out, "index"):
@@ -435,7 +436,6 @@ class ArchiveIndex:
                     block = block / norms[:, None]
                 fh.write(np.ascontiguousarray(block, dtype=np.float16).tobytes())
         if renormalized:
-            import warnings
 
             warnings.warn(f"{renormalized} of {n} archive rows were not unit length; renormalised before indexing "
                           "(recorded in meta['renormalized'])", stacklevel=4)

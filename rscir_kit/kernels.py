@@ -13,7 +13,6 @@ from numba import njit
 from numba.core import types as nb_types
 from numba.extending import intrinsic
 
-
 # ----------------------------------------------------------------------------- compiled sort-free kernel
 # AP needs, for each positive p, only its rank r_p = #{j: f_j > f_p} + #{j < p: f_j = f_p} (descending
 # score, ties by archive order). Per (pair, method, λ) the kernel fuses one score row f (N) from rows held

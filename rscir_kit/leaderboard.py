@@ -16,14 +16,18 @@ paired-bootstrap p-value of the best method against each other one, a CSV writer
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .config import data_root as default_data_root
 from .errors import DataError, ParameterError
+from .io import atomic_path
 from .stats import TEST, VALIDATION, QuerySplit, bootstrap_counts, bootstrap_map, paired_bootstrap
 
 AVG = "avg"
@@ -117,10 +121,6 @@ class Leaderboard:
 
     def to_csv(self, path) -> Path:
         """The long table (numbers, not strings) with the selection metadata in a ``#`` header line."""
-        import json
-
-        from .io import atomic_path
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
@@ -383,9 +383,7 @@ class XView2Availability:
 def xview2_availability(data_root=None, images_root=None) -> XView2Availability:
     """Check the xView2-CIR list (``<data_root>/xview2_cir.csv``) and its images under ``images_root`` (default
     ``$RSCIR_XVIEW2_IMAGES``; the folder the list's ``test/images/…`` paths are relative to). Reads no image."""
-    import os
 
-    from .config import data_root as default_data_root
     from .datasets.xview2 import XView2CIR, read_xview2_csv
 
     list_file = Path(data_root or default_data_root()) / XView2CIR.LIST

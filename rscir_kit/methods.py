@@ -39,11 +39,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .errors import ParameterError
+from .errors import DataError, ParameterError
 
 NUMERICS = ("kit", "official")
 NORMALIZATIONS = ("none", "zscore", "weicom", "rank", "minmax", "rrf", "relu")
@@ -272,10 +273,6 @@ def default_vocabulary(queries, archive) -> list[str]:
 
 
 def _read_vocabulary(path) -> list[str]:
-    from pathlib import Path
-
-    from .errors import DataError
-
     try:
         lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except OSError as exc:
@@ -289,8 +286,6 @@ def _read_vocabulary(path) -> list[str]:
 
 def _encoder_of(texts, what: str):
     """``encode(list_of_str) -> (T, d)`` from an encoder or TextFeatures (every text must be in the file)."""
-    from .errors import DataError
-
     if hasattr(texts, "encode_texts"):
         return lambda batch: np.asarray(texts.encode_texts(list(batch)), dtype=np.float32)
     if hasattr(texts, "lookup"):

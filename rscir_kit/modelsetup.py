@@ -29,6 +29,7 @@ from pathlib import Path
 
 from . import config
 from .errors import RscirError
+from .io import write_text_atomic
 from .methods import NUMERICS
 
 ACTIVATIONS = ("auto", "quickgelu", "gelu")
@@ -143,7 +144,6 @@ def weights_sha256(path, progress: bool = False) -> str:
             digest.update(block)
     sha = digest.hexdigest()
     try:
-        from .io import write_text_atomic
 
         write_text_atomic(record, json.dumps(dict(key, sha256=sha)))
     except OSError:

@@ -6,12 +6,11 @@ or two archives never share a file; cached files made by another model are refus
 """
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import hashlib
+import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .config import model_slug  # noqa: F401  (re-exported: cache names)

@@ -207,8 +207,6 @@ def stamp_axes(ax, model: str | None):
 
 
 def _wrap_lines(text: str, width: int) -> list[str]:
-    import textwrap
-
     return textwrap.wrap(str(text), width) or [""]
 
 

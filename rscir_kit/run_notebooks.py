@@ -34,7 +34,8 @@ from pathlib import Path
 
 from . import __version__, config, nbutils
 from .commands import positive_int
-from .errors import DataError, MissingDataError
+from .errors import DataError
+from .io import atomic_write
 
 NOTEBOOK_RE = re.compile(r"^\d\d_.+\.ipynb$")
 KERNEL = "python3"
@@ -635,7 +636,6 @@ def summary_view(out: Path, state: dict) -> dict:
 def _write_report(out: Path, state: dict) -> None:
     nbutils.write_json_atomic(out / SUMMARY, state)
     text = index_markdown(out, state)
-    from .io import atomic_write
 
     atomic_write(out / INDEX, lambda f: f.write(text), mode="w")
 
@@ -767,7 +767,7 @@ def index_markdown(out: Path, state: dict) -> str:
                                                               " query pairs)" if r1.get("archive_images") else ""))
     lines.append(f"- **Data root**: `{first.get('data_root') or config.data_root()}`")
     size = first.get("size")
-    lines.append(f"- **Size**: " + ("full benchmark" if size is None else f"REDUCED RUN: {size} images per class "
+    lines.append("- **Size**: " + ("full benchmark" if size is None else f"REDUCED RUN: {size} images per class "
                                                                              "(numbers are not the benchmark's)"))
     if kit:
         commit = kit.get("commit") or "not a git checkout"

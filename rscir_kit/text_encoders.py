@@ -16,6 +16,7 @@ import numpy as np
 from .config import resolve_device
 from .errors import DataError
 
+
 class TextEncoder(Protocol):
     """Anything with ``encode_texts(list[str]) -> (M, d)`` float32, L2-normalised rows."""
 

@@ -23,6 +23,7 @@ from .normalization import normalize
 from .retrieval import KS, image_rows, recall_table, text_image_recall
 from .text_encoders import encode_cached
 
+
 # -------------------------------------------------------------------------------------- oracle protocol
 def oracle_split(captions: Sequence[Sequence[str]], n_descriptions: int = 1, offset: int = 0):
     """The *oracle captioner* protocol: per image, ``n_descriptions`` reference captions (starting at

@@ -20,7 +20,7 @@ from ..encoders import load_encoder
 from ..errors import DataError, ModelMismatchError, ParameterError
 from ..features import ImageFeatures, TextFeatures
 from ..io import atomic_path, check_output_path
-from ..modelsetup import describe_config, flags_for, ModelSetup, resolve_setup, setup_for, setup_of
+from ..modelsetup import ModelSetup, describe_config, flags_for, resolve_setup, setup_for, setup_of
 from ..queries import QuerySet
 from . import add_command
 from .setup_args import add_setup_args, setup_kwargs

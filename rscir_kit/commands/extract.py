@@ -9,7 +9,7 @@ from pathlib import Path
 from .. import config
 from ..encoders import load_encoder
 from ..errors import DataError, ParameterError
-from ..features import bad_files_path, check_same_model, encode_texts, extract_image_features, ImageFeatures
+from ..features import ImageFeatures, bad_files_path, check_same_model, encode_texts, extract_image_features
 from ..imagesets import ImageCollection, ImageDecoding
 from ..io import check_output_path, read_text
 from ..modelsetup import setup_for

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .. import config
 from ..datasets.captions import load_caption_set
-from ..datasets.ucm import default_root, UCMCaptions, UCMImages, UCMMultiLabel
+from ..datasets.ucm import UCMCaptions, UCMImages, UCMMultiLabel, default_root
 from ..datasets.ucmcom import save_groups, ucmcom_groups
 from ..encoders import load_encoder
 from ..errors import DataError
