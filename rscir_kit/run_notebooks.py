@@ -516,6 +516,52 @@ def _up_to_date(entry: dict | None, fp: dict, out: Path) -> bool:
     return (executed.is_file() and results.is_file() and _file_sig(results) == entry.get("results_sig"))
 
 
+def _resolved_size(common: dict):
+    """The size the notebooks will resolve: the parameter, else ``$RSCIR_SIZE``, else None (full benchmark)."""
+    if common.get("size") is not None:
+        return int(common["size"])
+    env = os.environ.get("RSCIR_SIZE", "").strip()
+    return int(env) if env.isdigit() else None
+
+
+def done_setups(out: Path, state: dict) -> dict:
+    """{notebook: {model, dataset, data_root, size, device}} of the folder's finished notebooks, as each resolved
+    them (its results.json ``params``; the runner's parameters where a notebook records none)."""
+    configs = {}
+    for stem, e in sorted(state.get("notebooks", {}).items()):
+        if e.get("status") == "done":
+            p, r = e.get("parameters", {}), _read_results(out, stem).get("params", {})
+            configs[stem] = {k: r.get(k, p.get(k)) for k in ("model", "dataset", "data_root", "size", "device")}
+    return configs
+
+
+def _check_same_setup(out: Path, state: dict, paths, force: bool, **resolved) -> None:
+    """A run into a folder whose finished notebooks were made with another model, data root, dataset or size
+    would mix two setups in one report and overwrite finished results: DataError before anything runs, naming
+    both setups and the flags that reproduce the folder's. Allowed with ``force`` when the run re-runs every
+    finished notebook of the folder (the whole folder then has the new setup)."""
+    done = done_setups(out, state)
+    if force and set(done) <= {nb.stem for nb in paths}:
+        return
+
+    def same(key, a, b):
+        if key == "data_root":
+            return Path(str(a)).expanduser().resolve() == Path(str(b)).expanduser().resolve()
+        return str(a) == str(b)
+
+    for stem, cfg in done.items():
+        diff = [k for k in ("model", "data_root", "dataset", "size")
+                if cfg.get(k) is not None and not same(k, cfg[k], resolved[k])
+                or k == "size" and cfg.get(k) is None and resolved[k] is not None]
+        if diff:
+            was = ", ".join(f"{k} {cfg.get(k) if cfg.get(k) is not None else 'full'}" for k in diff)
+            now = ", ".join(f"{k} {resolved[k] if resolved[k] is not None else 'full'}" for k in diff)
+            flags = " ".join(f"--{k.replace('_', '-')} {cfg[k]}" for k in diff if cfg.get(k) is not None)
+            raise DataError(f"{out} holds {stem} made with {was}; this run would use {now}: re-run with the "
+                            f"folder's setup ({flags or 'no --size'}; `make main` sets it from the environment), "
+                            "choose another --out, or re-run every notebook with --force")
+
+
 def _run(paths, folder, out, common, kernel, timeout, say, live, force) -> dict:
     import papermill as pm
 
@@ -526,6 +572,8 @@ def _run(paths, folder, out, common, kernel, timeout, say, live, force) -> dict:
     data_root = Path(common["data_root"]) if common.get("data_root") else config.data_root()
     model = str(common.get("model") or config.default_model())
     dataset = str(common.get("dataset", "ucmcom"))
+    _check_same_setup(out, state, paths, force, model=model, data_root=data_root, dataset=dataset,
+                      size=_resolved_size(common))
     needs = {nb.stem: notebook_needs(nb, dataset, common) for nb in paths}
     missing = check_inputs([k for v in needs.values() for k in v], data_root, model)
     for item in missing.values():
@@ -740,11 +788,7 @@ def index_markdown(out: Path, state: dict) -> str:
     entries = state.get("notebooks", {})
     done = {s: e for s, e in sorted(entries.items()) if e.get("status") == "done"}
     lines = ["# rscir-kit notebook outputs", ""]
-    configs = {}  # the resolved setup of each finished notebook (from its results.json)
-    for stem in done:
-        p = entries[stem].get("parameters", {})
-        r = _read_results(out, stem).get("params", {})
-        configs[stem] = {k: r.get(k, p.get(k)) for k in ("model", "dataset", "data_root", "size", "device")}
+    configs = done_setups(out, state)  # the resolved setup of each finished notebook (from its results.json)
     if not configs:  # nothing finished yet: what was asked for
         configs = {s: {k: e.get("parameters", {}).get(k) for k in ("model", "dataset", "data_root", "size")}
                    for s, e in sorted(entries.items())}

@@ -239,3 +239,35 @@ def test_strip_stream_is_a_git_clean_filter(tmp_path):
     clean = nbformat.reads(dst.getvalue(), as_version=4)
     assert clean.cells[0].outputs == [] and clean.cells[0].execution_count is None and "widgets" not in clean.metadata
     assert clean.cells[0].source == "1"
+
+
+def test_a_partial_run_with_another_setup_is_refused_before_it_runs(toys, tmp_path, monkeypatch):
+    """`rscir-kit notebooks --only 02` on a `make main` folder, started without make's environment, resolved
+    another model and data root: it overwrote 02's finished results with a skip. Now refused before running."""
+    out = tmp_path / "out"
+    monkeypatch.setenv("RSCIR_MODEL", "local-dir:/w/standin")
+    monkeypatch.setenv("RSCIR_DATA", str(tmp_path))
+    run_notebooks.run(notebooks=toys, out=out, quiet=True)
+    for stem in ("01_first", "02_second"):  # as the real notebooks record their resolved setup
+        res = out / stem / "results.json"
+        data = json.loads(res.read_text())
+        data["params"] = {"model": "local-dir:/w/standin", "dataset": "ucmcom", "data_root": str(tmp_path),
+                          "size": None}
+        res.write_text(json.dumps(data))
+    before = (out / "02_second" / "results.json").read_text()
+    monkeypatch.setenv("RSCIR_MODEL", "remoteclip-vit-l-14")
+    with pytest.raises(DataError, match=r"holds 01_first made with model local-dir:/w/standin; this run would use "
+                                        r"model remoteclip-vit-l-14: re-run with the folder's setup \(--model "
+                                        r"local-dir:/w/standin"):
+        run_notebooks.run(notebooks=toys, out=out, only=["02"], force=True, quiet=True)
+    with pytest.raises(DataError, match=r"size full; this run would use size 5"):
+        monkeypatch.setenv("RSCIR_MODEL", "local-dir:/w/standin")
+        run_notebooks.run(notebooks=toys, out=out, only=["02"], size=5, quiet=True)
+    assert (out / "02_second" / "results.json").read_text() == before and _calls(out) == ["first", "second"]
+    # the folder's own setup (here from the environment) runs and merges
+    run_notebooks.run(notebooks=toys, out=out, only=["02"], force=True, quiet=True)
+    assert _calls(out) == ["first", "second", "second"]
+    # re-running every finished notebook with --force moves the whole folder to the new setup
+    monkeypatch.setenv("RSCIR_MODEL", "remoteclip-vit-l-14")
+    run_notebooks.run(notebooks=toys, out=out, force=True, quiet=True)
+    assert _calls(out) == ["first", "second", "second", "first", "second"]
