@@ -241,6 +241,7 @@ def test_strip_stream_is_a_git_clean_filter(tmp_path):
     assert clean.cells[0].source == "1"
 
 
+@pytest.mark.slow
 def test_a_partial_run_with_another_setup_is_refused_before_it_runs(toys, tmp_path, monkeypatch):
     """`rscir-kit notebooks --only 02` on a `make main` folder, started without make's environment, resolved
     another model and data root: it overwrote 02's finished results with a skip. Now refused before running."""
