@@ -110,6 +110,16 @@ def check_lambdas(lambdas: Iterable[float]) -> list[float]:
     return values
 
 
+def resolve_size(size=None):
+    """Images per class a notebook runs with: ``size``, else ``$RSCIR_SIZE``, else None (the full benchmark)."""
+    if size is None and os.environ.get("RSCIR_SIZE", "").strip():
+        try:
+            size = int(os.environ["RSCIR_SIZE"])
+        except ValueError:
+            raise DataError(f"RSCIR_SIZE must be a positive integer, got {os.environ['RSCIR_SIZE']!r}") from None
+    return size
+
+
 def setup(notebook: str, *, dataset: str = "ucmcom", data_root=None, model: str | None = None, cache_dir=None,
           lambdas=None, device: str | None = "auto", output_dir=None, size: int | None = None,
           batch_size: int = 64, setup: str | None = None, reference_source: str | None = None,
@@ -124,11 +134,7 @@ def setup(notebook: str, *, dataset: str = "ucmcom", data_root=None, model: str 
     ``"readme-current"``, ``ap_decimals`` ← None (exact). Creates the output folder. Relative paths (parameters
     and the variables) are taken relative to the repository root; the environment is not rewritten (the notebook
     runner passes absolute paths to its kernels, :func:`absolutize_env`)."""
-    if size is None and os.environ.get("RSCIR_SIZE", "").strip():
-        try:
-            size = int(os.environ["RSCIR_SIZE"])
-        except ValueError:
-            raise DataError(f"RSCIR_SIZE must be a positive integer, got {os.environ['RSCIR_SIZE']!r}") from None
+    size = resolve_size(size)
     stem = Path(str(notebook)).stem
     dataset = str(dataset).strip().lower()
     if dataset not in DATASETS:

@@ -516,14 +516,6 @@ def _up_to_date(entry: dict | None, fp: dict, out: Path) -> bool:
     return (executed.is_file() and results.is_file() and _file_sig(results) == entry.get("results_sig"))
 
 
-def _resolved_size(common: dict):
-    """The size the notebooks will resolve: the parameter, else ``$RSCIR_SIZE``, else None (full benchmark)."""
-    if common.get("size") is not None:
-        return int(common["size"])
-    env = os.environ.get("RSCIR_SIZE", "").strip()
-    return int(env) if env.isdigit() else None
-
-
 def done_setups(out: Path, state: dict) -> dict:
     """{notebook: {model, dataset, data_root, size, device}} of the folder's finished notebooks, as each resolved
     them (its results.json ``params``; the runner's parameters where a notebook records none)."""
@@ -573,7 +565,7 @@ def _run(paths, folder, out, common, kernel, timeout, say, live, force) -> dict:
     model = str(common.get("model") or config.default_model())
     dataset = str(common.get("dataset", "ucmcom"))
     _check_same_setup(out, state, paths, force, model=model, data_root=data_root, dataset=dataset,
-                      size=_resolved_size(common))
+                      size=nbutils.resolve_size(common.get("size")))
     needs = {nb.stem: notebook_needs(nb, dataset, common) for nb in paths}
     missing = check_inputs([k for v in needs.values() for k in v], data_root, model)
     for item in missing.values():
@@ -684,7 +676,6 @@ def summary_view(out: Path, state: dict) -> dict:
 def _write_report(out: Path, state: dict) -> None:
     nbutils.write_json_atomic(out / SUMMARY, state)
     text = index_markdown(out, state)
-
     atomic_write(out / INDEX, lambda f: f.write(text), mode="w")
 
 
