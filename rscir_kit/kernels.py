@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import binding as llvm_binding
+from llvmlite import ir
 from numba import njit
+from numba.core import cgutils
 from numba.core import types as nb_types
 from numba.extending import intrinsic
 
@@ -19,7 +22,8 @@ from numba.extending import intrinsic
 # in cache, orders the P positives (P log P), and finds every r_p in one pass over f: a monotone bucket
 # function over [min, max] of the positives' scores sends items below the lowest positive to bucket 0,
 # items above the highest to bucket K+1 and the others to 1..K; counts per bucket give, for each
-# positive, the items in higher buckets (all strictly greater, by monotonicity); only items sharing a
+# positive, the items in higher buckets (all strictly greater, by monotonicity; K grows with the number of
+# candidates, so that few share a bucket with a positive); only items sharing a
 # bucket with a positive are compared exactly (a binary search among that bucket's positives). No sort
 # of the archive, no (B, N) temporaries.
 
@@ -30,6 +34,7 @@ from numba.extending import intrinsic
 #: ``s = a+b; s.mul_(s).mul_(-w0).addcmul_(a, b)``: fl(fl(s·s)·fl(−w0)), then a·b added with one rounding),
 #: pairlin (per-pair weights: fl(a·w0) + b·w1 with one rounding, as torch's ``a.mul_(w0).addcmul_(b, w1)`` — Slerp).
 _BUCKETS_PER_POSITIVE = 4
+_CANDIDATES_PER_BUCKET = 2  # at least one bucket per this many candidates (up to _MAX_BUCKETS)
 _MAX_BUCKETS = 1 << 16
 FUSIONS = ("a", "b", "mean", "add", "mul", "min", "negfma", "lin", "row", "sorted_a", "sorted_b", "harris",
            "pairlin")
@@ -45,6 +50,75 @@ def _fma32(typingctx, a, b, c):
         return builder.fma(*args)
 
     return sig, codegen
+
+
+#: Vector width of the candidate pass; with AVX-512 it compacts 16 scores per instruction (vcompressps),
+#: elsewhere a scalar loop does the same (LLVM would only emulate the compress-store lane by lane). numba's
+#: cache is keyed by the host CPU, so each machine compiles the path it runs.
+_LANES = 16
+_SIMD_COMPRESS = "avx512f" in llvm_binding.get_host_cpu_features().flatten()
+
+
+def _splat(builder, value, vector_type):
+    undef = ir.Constant(vector_type, ir.Undefined)
+    v = builder.insert_element(undef, value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(ir.IntType(32), _LANES), [0] * _LANES))
+
+
+@intrinsic
+def _compress_lanes(typingctx, f, j0, lo, hi, cand, candv, m):
+    """Append the indices (int32) / values of f[j0:j0+16] that lie in [lo, hi] to cand[m:] / candv[m:], in
+    order (llvm.masked.compressstore); returns (new m, how many of the 16 are > hi)."""
+    sig = nb_types.UniTuple(nb_types.int64, 2)(f, j0, lo, hi, cand, candv, m)
+
+    def codegen(context, builder, signature, args):
+        fa, j0v, lov, hiv, ca, cva, mv = args
+        fty, _, _, _, caty, cvty, _ = signature.args
+        fdata = context.make_array(fty)(context, builder, fa).data
+        cdata = context.make_array(caty)(context, builder, ca).data
+        cvdata = context.make_array(cvty)(context, builder, cva).data
+        f32, i32, i16, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(16), ir.IntType(64)
+        vf, vi, vm = ir.VectorType(f32, _LANES), ir.VectorType(i32, _LANES), ir.VectorType(ir.IntType(1), _LANES)
+        v = builder.load(builder.bitcast(builder.gep(fdata, [j0v]), vf.as_pointer()), align=4)
+        lo_v, hi_v = _splat(builder, lov, vf), _splat(builder, hiv, vf)
+        inside = builder.and_(builder.fcmp_ordered(">=", v, lo_v), builder.fcmp_ordered("<=", v, hi_v))
+        above = builder.fcmp_ordered(">", v, hi_v)
+        idx = builder.add(_splat(builder, builder.trunc(j0v, i32), vi), ir.Constant(vi, list(range(_LANES))))
+        mod = builder.module
+        store_f = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(ir.VoidType(), [vf, ir.PointerType(f32), vm]), "llvm.masked.compressstore.v16f32")
+        store_i = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(ir.VoidType(), [vi, ir.PointerType(i32), vm]), "llvm.masked.compressstore.v16i32")
+        builder.call(store_f, [v, builder.gep(cvdata, [mv]), inside])
+        builder.call(store_i, [idx, builder.gep(cdata, [mv]), inside])
+        popcount = cgutils.get_or_insert_function(mod, ir.FunctionType(i16, [i16]), "llvm.ctpop.i16")
+        n_in = builder.zext(builder.call(popcount, [builder.bitcast(inside, i16)]), i64)
+        n_above = builder.zext(builder.call(popcount, [builder.bitcast(above, i16)]), i64)
+        return context.make_tuple(builder, signature.return_type, [builder.add(mv, n_in), n_above])
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True)
+def _candidates(f, lo, hi, cand, candv):
+    """The items of row ``f`` (N < 2**31) with lo <= f[j] <= hi, in archive order, into cand (int32 indices) /
+    candv (values); returns (their number, the number of items > hi)."""
+    n = f.shape[0]
+    m = 0
+    above = 0
+    j = 0
+    if _SIMD_COMPRESS:
+        while j + _LANES <= n:
+            m, g = _compress_lanes(f, j, lo, hi, cand, candv, m)
+            above += g
+            j += _LANES
+    for j in range(j, n):
+        v = f[j]
+        cand[m] = j
+        candv[m] = v
+        m += 1 if (v >= lo and v <= hi) else 0  # integer selects: faster here than adding booleans
+        above += 1 if v > hi else 0
+    return m, above
 
 
 @njit(cache=True, nogil=True)
@@ -134,12 +208,14 @@ def block_topn(img, txt, rows, li, ti, op, slot_a, slot_b, w0, w1, pw, k, out, n
 
 
 @njit(cache=True, nogil=True)
-def _ranks_from_row(f, pos, sv, sidx, ranks, pb, diff, cnt, first, last, cand, n_buckets):
+def _ranks_from_row(f, pos, sv, sidx, ranks, pb, diff, cnt, first, last, cand, candv, bk, n_buckets):
     """Ranks (0-based, rank order) of the positives ``pos`` (ascending archive indices) in row ``f``.
 
     Fills ``sv``/``sidx`` (positives' scores / indices in rank order) and ``ranks``; scratch arrays
-    ``pb`` (P), ``diff`` (P+1), ``cnt`` / ``last`` (≥ n_buckets+2), ``cand`` (N) are overwritten; ``first``
-    (≥ n_buckets+2) must hold -1 everywhere and is left so.
+    ``pb`` (P), ``diff`` (P+1), ``cnt`` / ``last`` (K+2), ``cand`` / ``candv`` / ``bk`` (N) are overwritten;
+    ``first`` (K+2) must hold -1 everywhere and is left so. K = max(n_buckets, candidates // 2), at most
+    ``cnt.shape[0] - 2``: rows whose positives span much of the archive get more buckets, so that few
+    candidates share a bucket with a positive (the exact comparisons stay rare).
     """
     p_count = pos.shape[0]
     for k in range(p_count):
@@ -151,7 +227,9 @@ def _ranks_from_row(f, pos, sv, sidx, ranks, pb, diff, cnt, first, last, cand, n
         sv[k] = f[pos[q]]
     hi = sv[0]
     lo = sv[p_count - 1]
-    K = n_buckets
+    # pass 1 (vectorised): count the items above the highest positive, collect those in [lo, hi]
+    m, above = _candidates(f, lo, hi, cand, candv)
+    K = min(max(n_buckets, m // _CANDIDATES_PER_BUCKET), cnt.shape[0] - 2)
     scale = 0.0
     if hi > lo:
         scale = K * (1.0 - 1e-6) / (np.float64(hi) - np.float64(lo))
@@ -171,24 +249,18 @@ def _ranks_from_row(f, pos, sv, sidx, ranks, pb, diff, cnt, first, last, cand, n
         if first[b] < 0:
             first[b] = k
         last[b] = k + 1
-    # pass 1 (branch-free): count the items above the highest positive, collect those in [lo, hi]
-    n = f.shape[0]
-    above = 0
-    m = 0
-    for j in range(n):
-        v = f[j]
-        cand[m] = j
-        m += (v >= lo) & (v <= hi)
-        above += v > hi
-    # pass 2, over the candidates only: bucket counts, exact comparison within a positive's bucket
+    # pass 2, over the candidates only: their buckets (same monotone formula; a vectorisable loop), bucket
+    # counts, exact comparison within a positive's bucket
     for c in range(m):
-        j = cand[c]
-        v = f[j]
-        t = (np.float64(v) - lo64) * scale + 1.0
-        b = int(min(max(t, 0.0), kf))
+        t = (np.float64(candv[c]) - lo64) * scale + 1.0
+        bk[c] = int(min(max(t, 0.0), kf))
+    for c in range(m):
+        b = bk[c]
         cnt[b] += 1
         s = first[b]
         if s >= 0:
+            v = candv[c]
+            j = cand[c]
             e = last[b]
             # item j is ranked above the positive at q iff sv[q] < v or (sv[q] == v and sidx[q] > j);
             # that holds on a suffix [q, e) of the run: find q by binary search
@@ -285,11 +357,13 @@ def block_metrics(img, txt, rows, img_sorted, txt_sorted, li, ti, pair_ids, pset
         ranks = np.empty(max_p, np.int64)
         pb = np.empty(max_p, np.int64)
         diff = np.empty(max_p + 1, np.int64)
-        n_cnt = min(_BUCKETS_PER_POSITIVE * max_p, _MAX_BUCKETS) + 2
+        n_cnt = min(max(_BUCKETS_PER_POSITIVE * max_p, n // _CANDIDATES_PER_BUCKET), _MAX_BUCKETS) + 2
         cnt = np.empty(n_cnt, np.int64)
         last = np.empty(n_cnt, np.int64)
         first = np.full(n_cnt, -1, np.int64)
-        cand = np.empty(n, np.int64)
+        cand = np.empty(n, np.int32)
+        candv = np.empty(n, np.float32)
+        bk = np.empty(n, np.int32)
         for i in range(c * n_pairs_block // n_chunks, (c + 1) * n_pairs_block // n_chunks):
             pair = pair_ids[i]
             pos = pos_idx[pos_ptr[pset[i]]:pos_ptr[pset[i] + 1]]
@@ -317,5 +391,5 @@ def block_metrics(img, txt, rows, img_sorted, txt_sorted, li, ti, pair_ids, pset
                             w0, w1 = np.float64(pw[m, i, 0]), np.float64(pw[m, i, 1])
                         _fuse_row(op, img[slot_a[m], li[i]], txt[slot_b[m], ti[i]], w0, w1, f)
                         row = f
-                    _ranks_from_row(row, pos, sv, sidx, ranks, pb, diff, cnt, first, last, cand, n_buckets)
+                    _ranks_from_row(row, pos, sv, sidx, ranks, pb, diff, cnt, first, last, cand, candv, bk, n_buckets)
                 _store(ranks, p_count, ks, ap_out, hits_out, m, pair)

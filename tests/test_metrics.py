@@ -102,11 +102,13 @@ def _float32_fusion_rows(rng, b, n):
 
 
 @pytest.mark.parametrize("case", ["float32-fusions", "few-levels", "all-equal", "positives-span-archive",
-                                  "everything-positive", "single-positive"])
+                                  "few-positives-span-archive", "few-positives-span-ties", "everything-positive",
+                                  "single-positive"])
 def test_kernel_equals_slow_loop(case):
     """The sort-free kernel against the per-row argsort loop, on heavy ties and on its worst case
     (positives spread over most of the archive: almost every item falls between the lowest and the
-    highest positive and is bucketed)."""
+    highest positive and is bucketed; with few positives the kernel then sizes its buckets by the
+    candidates, not by the positives)."""
     rng = np.random.default_rng(7)
     b, n = 24, 4000
     if case == "float32-fusions":
@@ -116,10 +118,14 @@ def test_kernel_equals_slow_loop(case):
         scores = rng.integers(0, 3, size=(b, n)).astype(np.float32)
     elif case == "all-equal":
         scores = np.full((b, n), 0.25, np.float32)
+    elif case == "few-positives-span-ties":
+        scores = rng.integers(0, 40, size=(b, n)).astype(np.float32)
     else:
         scores = rng.standard_normal((b, n)).astype(np.float32)
-    if case == "positives-span-archive":
-        sets = [np.sort(rng.choice(n, size=int(n * rng.uniform(0.6, 0.95)), replace=False)) for _ in range(b)]
+    if case in ("positives-span-archive", "few-positives-span-archive", "few-positives-span-ties"):
+        size = (lambda: int(n * rng.uniform(0.6, 0.95))) if case == "positives-span-archive" else (
+            lambda: int(rng.integers(2, 40)))
+        sets = [np.sort(rng.choice(n, size=size(), replace=False)) for _ in range(b)]
         for row, idx in zip(scores, sets):  # lowest and highest scores are positives: the range is everything
             row[idx[0]], row[idx[-1]] = row.min() - 1, row.max() + 1
     elif case == "everything-positive":
@@ -128,7 +134,7 @@ def test_kernel_equals_slow_loop(case):
         sets = [np.array([rng.integers(n)]) for _ in range(b)]
     else:
         sets = [np.sort(rng.choice(n, size=rng.integers(1, n // 2), replace=False)) for _ in range(b)]
-    if case in ("float32-fusions", "few-levels", "all-equal"):
+    if case in ("float32-fusions", "few-levels", "all-equal", "few-positives-span-ties"):
         # the ties are really there: every row has a group of ≥ 20 equal scores
         assert all(np.unique(row, return_counts=True)[1].max() >= 20 for row in scores)
     ks = (1, 7, 100)
