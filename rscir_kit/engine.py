@@ -123,8 +123,10 @@ class Ranking:
     lam: float | None = None
 
 
-def resolve(method: str, lam, numerics: str = "kit") -> Ranking:
-    """The ranking the engine computes for (method, λ) under ``numerics``, from the registry."""
+def resolve(method: str, lam, numerics: str = "kit", shared_sort: bool = True) -> Ranking:
+    """The ranking the engine computes for (method, λ) under ``numerics``, from the registry. ``shared_sort``:
+    rank image-only / text-only through each distinct row sorted once (the torch backend); the compiled
+    kernel's sort-free pass is faster than sorting even for one pair per row (benchmarks/results/bench_engine.md)."""
     spec = registry.method_spec(method)
     if spec.qe is not None:  # query expansion of any method: a row, from the base method's row
         return Ranking(resolve(spec.base, lam, numerics).inputs, "row", (0.0, 0.0), method, lam)
@@ -133,7 +135,7 @@ def resolve(method: str, lam, numerics: str = "kit") -> Ranking:
     if entry.alias is not None:
         other = entry.alias(lam, numerics)
         if other is not None:
-            return resolve(other, None, numerics)
+            return resolve(other, None, numerics, shared_sort)
     if entry.pair_weights is not None:  # a per-pair linear combination of the raw rows, fused by the kernel
         return Ranking("raw", "pairlin", (0.0, 0.0), method, lam)
     if entry.kernel is None:
@@ -142,7 +144,7 @@ def resolve(method: str, lam, numerics: str = "kit") -> Ranking:
     if inputs is None:
         inputs = "official" if (norm == "weicom" and numerics == "official") else norm
     inputs = "raw" if inputs == "none" else inputs
-    if op in ("a", "b") and inputs == "raw":
+    if op in ("a", "b") and inputs == "raw" and shared_sort:
         op = "sorted_" + op  # image-only / text-only: one sort per distinct row, shared by its pairs
     w = tuple(float(v) for v in w) + (0.0,) * (2 - len(w))
     return Ranking(inputs, op, w)
@@ -231,7 +233,7 @@ def _plan(queries, archive, texts, methods, lambdas, query_features, device, on_
 
     rankings, combo_ranking = [], []
     for method, lam in combos:
-        r = resolve(method, lam, numerics)
+        r = resolve(method, lam, numerics, shared_sort=backend == "torch")
         if r not in rankings:
             rankings.append(r)
         combo_ranking.append(rankings.index(r))

@@ -208,7 +208,29 @@ def block_topn(img, txt, rows, li, ti, op, slot_a, slot_b, w0, w1, pw, k, out, n
 
 
 @njit(cache=True, nogil=True)
-def _ranks_from_row(f, pos, sv, sidx, ranks, pb, diff, cnt, first, last, cand, candv, bk, n_buckets):
+def _rank_order(f, pos, keys, sv, sidx):
+    """The positives ``pos`` (ascending archive indices) in rank order — score descending, ties by archive
+    order — into ``sidx`` (indices) / ``sv`` (scores): one sort of unique 64-bit keys (the score's bits
+    mapped to a descending unsigned order, -0.0 counted as +0.0 as float comparison does, then the position)."""
+    p_count = pos.shape[0]
+    sign = np.uint32(0x80000000)
+    for k in range(p_count):
+        sv[k] = f[pos[k]] + np.float32(0.0)  # -0.0 -> +0.0: equal scores must get equal keys
+    bits = sv.view(np.uint32)
+    for k in range(p_count):
+        b = bits[k]
+        asc = ~b if b & sign else b | sign  # order-preserving map float32 -> uint32
+        keys[k] = (np.uint64(~asc) << np.uint64(32)) | np.uint64(k)
+    keys[:p_count].sort()
+    low = np.uint64(0xFFFFFFFF)
+    for k in range(p_count):
+        q = pos[np.int64(keys[k] & low)]
+        sidx[k] = q
+        sv[k] = f[q]
+
+
+@njit(cache=True, nogil=True)
+def _ranks_from_row(f, pos, keys, sv, sidx, ranks, pb, diff, cnt, first, last, cand, candv, bk, n_buckets):
     """Ranks (0-based, rank order) of the positives ``pos`` (ascending archive indices) in row ``f``.
 
     Fills ``sv``/``sidx`` (positives' scores / indices in rank order) and ``ranks``; scratch arrays
@@ -218,13 +240,7 @@ def _ranks_from_row(f, pos, sv, sidx, ranks, pb, diff, cnt, first, last, cand, c
     candidates share a bucket with a positive (the exact comparisons stay rare).
     """
     p_count = pos.shape[0]
-    for k in range(p_count):
-        sv[k] = -f[pos[k]]
-    order = np.argsort(sv[:p_count], kind="mergesort")  # stable on ascending indices: (score desc, index asc)
-    for k in range(p_count):
-        q = order[k]
-        sidx[k] = pos[q]
-        sv[k] = f[pos[q]]
+    _rank_order(f, pos, keys, sv, sidx)
     hi = sv[0]
     lo = sv[p_count - 1]
     # pass 1 (vectorised): count the items above the highest positive, collect those in [lo, hi]
@@ -288,19 +304,14 @@ def _ranks_from_row(f, pos, sv, sidx, ranks, pb, diff, cnt, first, last, cand, c
 
 
 @njit(cache=True, nogil=True)
-def _ranks_from_sorted(f, srt, pos, sv, sidx, ranks):
+def _ranks_from_sorted(f, srt, pos, keys, sv, sidx, ranks):
     """Ranks of the positives through ``srt`` (``f`` sorted ascending, shared by all pairs of the row)."""
     p_count = pos.shape[0]
     n = f.shape[0]
+    _rank_order(f, pos, keys, sv, sidx)
     for k in range(p_count):
-        sv[k] = -f[pos[k]]
-    order = np.argsort(sv[:p_count], kind="mergesort")
-    for k in range(p_count):
-        q = order[k]
-        p = pos[q]
-        v = f[p]
-        sidx[k] = p
-        sv[k] = v
+        p = sidx[k]
+        v = sv[k]
         right = np.searchsorted(srt, v, side="right")  # number of scores <= v
         r = n - right
         if right >= 2 and srt[right - 2] == v:  # tied with another item: count equal ones earlier
@@ -353,6 +364,7 @@ def block_metrics(img, txt, rows, img_sorted, txt_sorted, li, ti, pair_ids, pset
     for c in numba.prange(n_chunks):
         f = np.empty(n, np.float32)
         sv = np.empty(max_p, np.float32)
+        keys = np.empty(max_p, np.uint64)
         sidx = np.empty(max_p, np.int64)
         ranks = np.empty(max_p, np.int64)
         pb = np.empty(max_p, np.int64)
@@ -375,9 +387,9 @@ def block_metrics(img, txt, rows, img_sorted, txt_sorted, li, ti, pair_ids, pset
                     _store(ranks, 0, ks, ap_out, hits_out, m, pair)
                     continue
                 if op == 9:
-                    _ranks_from_sorted(img[slot_a[m], li[i]], img_sorted[li[i]], pos, sv, sidx, ranks)
+                    _ranks_from_sorted(img[slot_a[m], li[i]], img_sorted[li[i]], pos, keys, sv, sidx, ranks)
                 elif op == 10:
-                    _ranks_from_sorted(txt[slot_b[m], ti[i]], txt_sorted[ti[i]], pos, sv, sidx, ranks)
+                    _ranks_from_sorted(txt[slot_b[m], ti[i]], txt_sorted[ti[i]], pos, keys, sv, sidx, ranks)
                 else:
                     if op == 0:
                         row = img[slot_a[m], li[i]]
@@ -391,5 +403,5 @@ def block_metrics(img, txt, rows, img_sorted, txt_sorted, li, ti, pair_ids, pset
                             w0, w1 = np.float64(pw[m, i, 0]), np.float64(pw[m, i, 1])
                         _fuse_row(op, img[slot_a[m], li[i]], txt[slot_b[m], ti[i]], w0, w1, f)
                         row = f
-                    _ranks_from_row(row, pos, sv, sidx, ranks, pb, diff, cnt, first, last, cand, candv, bk, n_buckets)
+                    _ranks_from_row(row, pos, keys, sv, sidx, ranks, pb, diff, cnt, first, last, cand, candv, bk, n_buckets)
                 _store(ranks, p_count, ks, ap_out, hits_out, m, pair)

@@ -102,8 +102,8 @@ def _float32_fusion_rows(rng, b, n):
 
 
 @pytest.mark.parametrize("case", ["float32-fusions", "few-levels", "all-equal", "positives-span-archive",
-                                  "few-positives-span-archive", "few-positives-span-ties", "everything-positive",
-                                  "single-positive"])
+                                  "few-positives-span-archive", "few-positives-span-ties", "signed-zeros",
+                                  "everything-positive", "single-positive"])
 def test_kernel_equals_slow_loop(case):
     """The sort-free kernel against the per-row argsort loop, on heavy ties and on its worst case
     (positives spread over most of the archive: almost every item falls between the lowest and the
@@ -120,6 +120,10 @@ def test_kernel_equals_slow_loop(case):
         scores = np.full((b, n), 0.25, np.float32)
     elif case == "few-positives-span-ties":
         scores = rng.integers(0, 40, size=(b, n)).astype(np.float32)
+    elif case == "signed-zeros":  # -0.0 == +0.0: tied, so ordered by archive index (fused keys produce -0.0)
+        scores = rng.integers(-1, 2, size=(b, n)).astype(np.float32)
+        scores[(scores == 0) & (rng.random((b, n)) < 0.5)] = -0.0
+        assert np.signbit(scores[scores == 0]).any() and not np.signbit(scores[scores == 0]).all()
     else:
         scores = rng.standard_normal((b, n)).astype(np.float32)
     if case in ("positives-span-archive", "few-positives-span-archive", "few-positives-span-ties"):
@@ -134,7 +138,7 @@ def test_kernel_equals_slow_loop(case):
         sets = [np.array([rng.integers(n)]) for _ in range(b)]
     else:
         sets = [np.sort(rng.choice(n, size=rng.integers(1, n // 2), replace=False)) for _ in range(b)]
-    if case in ("float32-fusions", "few-levels", "all-equal", "few-positives-span-ties"):
+    if case in ("float32-fusions", "few-levels", "all-equal", "few-positives-span-ties", "signed-zeros"):
         # the ties are really there: every row has a group of ≥ 20 equal scores
         assert all(np.unique(row, return_counts=True)[1].max() >= 20 for row in scores)
     ks = (1, 7, 100)
