@@ -10,10 +10,11 @@ returns a tidy per-pair table. It never loops in Python over the archive or over
   (bounded memory, ``max_block_mb``);
 - **score block** (:func:`_score_block`): each distinct query image is scored (one GEMM) and
   normalised once per block into reused buffers, in place; each distinct text once (globally when few);
-  image-only and text-only rows are sorted once and shared by every pair using them; then every
-  (pair, ranking) goes through the same compiled sort-free exact AP kernel
+  then every (pair, ranking), image-only and text-only included, goes through the same compiled sort-free
+  exact AP kernel
   (:func:`rscir_kit.kernels.block_metrics`), the λ values of a pair back to back while its rows are in
-  cache. On CUDA the same rankings are scored with torch (sort + binary search);
+  cache. On CUDA the same rankings are scored with torch (image-only / text-only rows sorted once and
+  shared, sort + binary search);
 - **assemble** (:func:`_assemble`): the per-pair table, empty-positive policy, optional AP rounding.
 """
 from __future__ import annotations
