@@ -51,9 +51,15 @@ explorer: $(BIN)/.installed
 #                   runs of every notebook on small data with assertions on their results (each notebook executes
 #                   once; tests/test_notebooks.py checks that every committed notebook is among them)
 #   make test-fast  the edit loop: no slow tests (real images, models, notebooks, widget rendering, fresh interpreters)
-#   make test-nbval the committed notebooks once more through nbval with RSCIR_SIZE=5 (.ci/run runs it after make test)
+#   make test-nbval the committed notebooks once more through nbval with RSCIR_SIZE=5 (.ci/run runs it after make test;
+#                   serially: the notebooks share one feature cache, whose lock refuses a second writer)
+# Test workers (pytest-xdist): each test file runs whole on one worker, so its module fixtures (the notebooks
+# executed once per file) are built once; TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(XDIST)
 
 test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest -m "not slow" -q -p no:cacheprovider
