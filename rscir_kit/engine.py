@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from . import methods as registry
 from .config import resolve_device, show_progress
 from .errors import DataError, ModelMismatchError, ParameterError
-from .kernels import _OP, block_metrics, block_topn
+from .kernels import _OP, SIMD_COMPRESS, block_metrics, block_topn
 from .metrics import pad_positives, positive_ranks, ranking_metrics, sort_rows
 from .normalization import normalize, official_cdf, weicom_upper_tail
 from .queries import QuerySet
@@ -508,7 +508,7 @@ def _kernel_block(plan, block, img_side, txt_side, li, ti, pid, ap, hits) -> Non
                   pid.astype(np.int64), plan.pos_ptr, plan.pos_idx,
                   np.array([_OP[r.op] for r in plan.rankings], np.int64), np.array(sa, np.int64),
                   np.array(sb, np.int64), np.array([r.w for r in plan.rankings], np.float64).reshape(-1, 2), pw,
-                  np.array(plan.ks, np.int64), ap, hits, numba.get_num_threads())
+                  np.array(plan.ks, np.int64), ap, hits, numba.get_num_threads(), SIMD_COMPRESS)
 
 
 def _torch_fused(op: str, a: torch.Tensor, b: torch.Tensor, w: tuple) -> torch.Tensor:

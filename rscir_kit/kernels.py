@@ -53,10 +53,10 @@ def _fma32(typingctx, a, b, c):
 
 
 #: Vector width of the candidate pass; with AVX-512 it compacts 16 scores per instruction (vcompressps),
-#: elsewhere a scalar loop does the same (LLVM would only emulate the compress-store lane by lane). numba's
-#: cache is keyed by the host CPU, so each machine compiles the path it runs.
+#: elsewhere a scalar loop does the same (LLVM would only emulate the compress-store lane by lane). Both paths
+#: are compiled; ``simd`` arguments choose (default: this host's), so tests run each against the slow loop.
 _LANES = 16
-_SIMD_COMPRESS = "avx512f" in llvm_binding.get_host_cpu_features().flatten()
+SIMD_COMPRESS = "avx512f" in llvm_binding.get_host_cpu_features().flatten()
 
 
 def _splat(builder, value, vector_type):
@@ -100,14 +100,14 @@ def _compress_lanes(typingctx, f, j0, lo, hi, cand, candv, m):
 
 
 @njit(cache=True, nogil=True)
-def _candidates(f, lo, hi, cand, candv):
+def _candidates(f, lo, hi, cand, candv, simd):
     """The items of row ``f`` (N < 2**31) with lo <= f[j] <= hi, in archive order, into cand (int32 indices) /
-    candv (values); returns (their number, the number of items > hi)."""
+    candv (values); returns (their number, the number of items > hi). ``simd``: 16 at a time by compress-stores."""
     n = f.shape[0]
     m = 0
     above = 0
     j = 0
-    if _SIMD_COMPRESS:
+    if simd:
         while j + _LANES <= n:
             m, g = _compress_lanes(f, j, lo, hi, cand, candv, m)
             above += g
@@ -230,7 +230,7 @@ def _rank_order(f, pos, keys, sv, sidx):
 
 
 @njit(cache=True, nogil=True)
-def _ranks_from_row(f, pos, keys, sv, sidx, ranks, pb, diff, cnt, first, last, cand, candv, bk, n_buckets):
+def _ranks_from_row(f, pos, keys, sv, sidx, ranks, pb, diff, cnt, first, last, cand, candv, bk, n_buckets, simd):
     """Ranks (0-based, rank order) of the positives ``pos`` (ascending archive indices) in row ``f``.
 
     Fills ``sv``/``sidx`` (positives' scores / indices in rank order) and ``ranks``; scratch arrays
@@ -244,7 +244,7 @@ def _ranks_from_row(f, pos, keys, sv, sidx, ranks, pb, diff, cnt, first, last, c
     hi = sv[0]
     lo = sv[p_count - 1]
     # pass 1 (vectorised): count the items above the highest positive, collect those in [lo, hi]
-    m, above = _candidates(f, lo, hi, cand, candv)
+    m, above = _candidates(f, lo, hi, cand, candv, simd)
     K = min(max(n_buckets, m // _CANDIDATES_PER_BUCKET), cnt.shape[0] - 2)
     scale = 0.0
     if hi > lo:
@@ -343,7 +343,7 @@ def _store(ranks, p_count, ks, ap_out, hits_out, m, pair):
 
 @njit(cache=True, parallel=True)
 def block_metrics(img, txt, rows, img_sorted, txt_sorted, li, ti, pair_ids, pset, pos_ptr, pos_idx,
-                  ops, slot_a, slot_b, w, pw, ks, ap_out, hits_out, n_threads):
+                  ops, slot_a, slot_b, w, pw, ks, ap_out, hits_out, n_threads, simd):
     """AP and hits@k of every (pair, ranking) of one block, the rankings of a pair back to back.
 
     img (S_i, C, N) / txt (S_t, T, N): the block's image-side / text-side input rows (raw, normalised,
@@ -353,7 +353,8 @@ def block_metrics(img, txt, rows, img_sorted, txt_sorted, li, ti, pair_ids, pset
     positive set; pos_ptr, pos_idx: positive set k, ascending, is ``pos_idx[pos_ptr[k]:pos_ptr[k+1]]``.
     ops / slot_a / slot_b (M,) and w (M, 2): ranking m = fusion ``FUSIONS[ops[m]]`` of img[slot_a[m]] and
     txt[slot_b[m]] with weights w[m] (``pairlin``: pw[m, i] (M, B, 2), pair i's own). Writes ap_out[m, pair] (NaN without positives) and
-    hits_out[m, i, pair] = number of positives in the top ks[i]. n_threads: chunks run in parallel.
+    hits_out[m, i, pair] = number of positives in the top ks[i]. n_threads: chunks run in parallel. simd:
+    collect candidates with compress-stores (:data:`SIMD_COMPRESS` on this host).
     """
     n_pairs_block = li.shape[0]
     n = img.shape[2] if img.shape[0] > 0 else (txt.shape[2] if txt.shape[0] > 0 else rows.shape[2])
@@ -403,5 +404,6 @@ def block_metrics(img, txt, rows, img_sorted, txt_sorted, li, ti, pair_ids, pset
                             w0, w1 = np.float64(pw[m, i, 0]), np.float64(pw[m, i, 1])
                         _fuse_row(op, img[slot_a[m], li[i]], txt[slot_b[m], ti[i]], w0, w1, f)
                         row = f
-                    _ranks_from_row(row, pos, keys, sv, sidx, ranks, pb, diff, cnt, first, last, cand, candv, bk, n_buckets)
+                    _ranks_from_row(row, pos, keys, sv, sidx, ranks, pb, diff, cnt, first, last, cand, candv, bk, n_buckets,
+                                    simd)
                 _store(ranks, p_count, ks, ap_out, hits_out, m, pair)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .errors import DataError, ParameterError
-from .kernels import _OP, block_metrics
+from .kernels import _OP, SIMD_COMPRESS, block_metrics
 
 # ----------------------------------------------------------------------------- reference (1-D)
 
@@ -315,9 +315,9 @@ def average_precision_batch(scores, positives, ks=(), backend: str = "auto") -> 
     return kernel_metrics(rows, sets, ks)
 
 
-def kernel_metrics(rows: np.ndarray, sets, ks=()) -> dict[str, np.ndarray]:
+def kernel_metrics(rows: np.ndarray, sets, ks=(), simd: bool | None = None) -> dict[str, np.ndarray]:
     """AP (+P@k, R@k) of each float32 row (B, N) with positive index sets ``sets`` through
-    :func:`rscir_kit.kernels.block_metrics`."""
+    :func:`rscir_kit.kernels.block_metrics` (``simd``: its compress-store path; None = the host's default)."""
     b, n = rows.shape
     ks = tuple(int(k) for k in ks)
     if any(k <= 0 for k in ks):
@@ -332,7 +332,8 @@ def kernel_metrics(rows: np.ndarray, sets, ks=()) -> dict[str, np.ndarray]:
     ar = np.arange(b, dtype=np.int64)
     block_metrics(empty3, empty3, rows[None], empty2, empty2, ar, ar, ar, ar, ptr, idx,
                   np.array([_OP["row"]]), np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros((1, 2)),
-                  np.zeros((1, b, 2), np.float32), np.array(ks, np.int64), ap, hits, numba.get_num_threads())
+                  np.zeros((1, b, 2), np.float32), np.array(ks, np.int64), ap, hits, numba.get_num_threads(),
+                  SIMD_COMPRESS if simd is None else bool(simd))
     n_pos = np.diff(ptr).astype(np.float64)
     out = {"ap": ap[0]}
     with np.errstate(invalid="ignore", divide="ignore"):
