@@ -6,6 +6,7 @@ Faults are injected by monkeypatching the writers; nothing depends on a real ful
 from __future__ import annotations
 
 import errno
+import inspect
 import os
 import warnings
 
@@ -95,10 +96,11 @@ def test_1_map_outside_0_100_is_impossible_in_the_engine(tiny_patterncom, monkey
     ok = engine.evaluate(queries, archive, texts, methods=["weicom"], progress=False)
     assert ok["ap"].between(0, 1).all()
     real = engine.block_metrics
+    ap_arg = list(inspect.signature(real.py_func).parameters).index("ap_out")
 
-    def broken(*args):  # the compiled kernel writing APs 18× too large (its ap_out is the 3rd-last argument)
+    def broken(*args):  # the compiled kernel writing APs 18× too large
         real(*args)
-        args[-3][...] *= 18
+        args[ap_arg][...] *= 18
 
     monkeypatch.setattr(engine, "block_metrics", broken)
     with pytest.raises(AssertionError, match="ap outside"):
