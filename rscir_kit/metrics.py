@@ -210,25 +210,53 @@ def text_image_recall(sim_t2i: np.ndarray, caption_image: np.ndarray, ks: Sequen
 
 # ----------------------------------------------------------------------------- batched (B, N)
 
+def map_row_ranges(work, n_rows: int) -> None:
+    """Call ``work(a, b)`` on consecutive row ranges covering ``range(n_rows)``, in torch's number of threads
+    (a pool owned by this call; for numpy work that releases the GIL, e.g. sorts)."""
+    workers = max(1, torch.get_num_threads())
+    if workers == 1 or n_rows < 2 * workers:
+        work(0, n_rows)
+        return
+    bounds = np.linspace(0, n_rows, workers + 1).astype(int)
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda i: work(bounds[i], bounds[i + 1]), range(workers)))
+
+
 def sort_rows(scores: torch.Tensor) -> torch.Tensor:
     """Each row of ``scores`` (B, N) sorted ascending (values only)."""
     if scores.device.type != "cpu":
         return torch.sort(scores, dim=1).values
     arr = np.ascontiguousarray(scores.detach().numpy())
     out = np.empty_like(arr)
-    workers = max(1, torch.get_num_threads())
-    if workers == 1 or arr.shape[0] < 2 * workers:
-        out[:] = np.sort(arr, axis=1)
-    else:
-        bounds = np.linspace(0, arr.shape[0], workers + 1).astype(int)
 
-        def work(i):
-            a, b = bounds[i], bounds[i + 1]
-            out[a:b] = np.sort(arr[a:b], axis=1)
+    def work(a, b):
+        out[a:b] = np.sort(arr[a:b], axis=1)
 
-        with ThreadPoolExecutor(workers) as pool:  # owned by this call; numpy releases the GIL while sorting
-            list(pool.map(work, range(workers)))
+    map_row_ranges(work, arr.shape[0])
     return torch.from_numpy(out)
+
+
+def descending_ranks_f32(arr: np.ndarray) -> np.ndarray:
+    """1-based rank of every entry of the finite float32 rows ``arr`` (B, N) in descending order, ties by lower
+    index (= a stable descending sort), as int64 (B, N): one sort of unique 64-bit keys per row — the score's
+    bits mapped to a descending unsigned order (-0.0 as +0.0, as comparison has it), then the index."""
+    b, n = arr.shape
+    if n >= 2**32:
+        raise ParameterError(f"rows of {n} entries: at most 2**32 - 1")
+    out = np.empty((b, n), np.int64)
+    index = np.arange(n, dtype=np.uint64)
+    ranks = np.arange(1, n + 1, dtype=np.int64)
+
+    def work(a, e):
+        for r in range(a, e):
+            u = (arr[r] + np.float32(0.0)).view(np.uint32)
+            asc = np.where(u & np.uint32(0x80000000), ~u, u | np.uint32(0x80000000))
+            key = ((~asc).astype(np.uint64) << np.uint64(32)) | index
+            key.sort()
+            out[r, (key & np.uint64(0xFFFFFFFF)).astype(np.int64)] = ranks
+
+    map_row_ranges(work, b)
+    return out
 
 
 def pad_positives(positive_sets, device=None) -> torch.Tensor:

@@ -127,6 +127,24 @@ def test_freedom_words_and_queries_match_official_steps():
 
 
 # ----------------------------------------------------------------------------------------- score level
+def test_descending_ranks_float32_fast_path_equals_the_stable_sort():
+    """Finite float32 CPU rows take the 64-bit-key sort: the same ranks as torch's stable sort (float64 copy of
+    the same values) and as a Python sort by (-score, index), on ties, signed zeros and extreme values."""
+    rng = np.random.default_rng(11)
+    x = rng.integers(-2, 3, size=(6, 1001)).astype(np.float32)
+    x[x == 0] = np.where(rng.random((x == 0).sum()) < 0.5, -0.0, 0.0).astype(np.float32)
+    x[0] = rng.standard_normal(1001).astype(np.float32)
+    x[1, :3] = [np.finfo(np.float32).max, -np.finfo(np.float32).max, np.float32(1e-45)]
+    assert np.signbit(x[x == 0]).any() and not np.signbit(x[x == 0]).all()
+    fast = compose.descending_ranks(x)
+    assert fast.dtype == np.int64
+    np.testing.assert_array_equal(fast, compose.descending_ranks(x.astype(np.float64)))  # torch's stable sort
+    for b in (0, 1, 2):
+        ref = {i: pos + 1 for pos, i in enumerate(sorted(range(1001), key=lambda i: (-float(x[b, i]), i)))}
+        assert fast[b].tolist() == [ref[i] for i in range(1001)]
+    np.testing.assert_array_equal(compose.descending_ranks(x[3]), fast[3])  # 1-D rows too
+
+
 def test_descending_ranks_and_rrf_match_loops():
     s = np.array([[0.3, 0.9, 0.3, 0.1, 0.9], [1.0, 2.0, 3.0, 4.0, 5.0]], np.float32)
     r = compose.descending_ranks(s)
