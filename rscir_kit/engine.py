@@ -370,7 +370,7 @@ def _ranking_row(plan: Plan, r: Ranking, img_side: _Side, txt_side: _Side, li, t
     if spec.qe is not None:
         from .compose import alpha_query_expansion, expanded_query
 
-        base = resolve(spec.base, r.lam, plan.numerics)
+        base = resolve(spec.base, r.lam, plan.numerics, shared_sort=plan.backend == "torch")
         q = _composed_query(plan, Ranking("raw", "row", (0.0, 0.0), spec.base, r.lam), block)
         qe = dict(spec.qe)
         if plan.backend == "kernel":  # top-n by the compiled selection (no sort, the base row fused on the fly),
@@ -496,14 +496,11 @@ def _kernel_block(plan, block, img_side, txt_side, li, ti, pid, ap, hits) -> Non
     for m, r in enumerate(plan.rankings):
         if r.op == "row":
             sa[m], row_slot = row_slot, row_slot + 1
-    empty_sorted = np.zeros((0, n), np.float32)
     pw = np.zeros((len(plan.rankings), len(block), 2), np.float32)
     for m, r in enumerate(plan.rankings):
         if r.op == "pairlin":
             pw[m] = _pair_weights_np(plan, r, block)
     block_metrics(img_side.inputs.numpy(), txt_side.inputs.numpy(), rows,
-                  img_side.sorted if img_side.sorted is not None else empty_sorted,
-                  txt_side.sorted if txt_side.sorted is not None else empty_sorted,
                   li.astype(np.int64), np.asarray(ti, dtype=np.int64), block.astype(np.int64),
                   pid.astype(np.int64), plan.pos_ptr, plan.pos_idx,
                   np.array([_OP[r.op] for r in plan.rankings], np.int64), np.array(sa, np.int64),

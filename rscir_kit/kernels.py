@@ -207,20 +207,37 @@ def block_topn(img, txt, rows, li, ti, op, slot_a, slot_b, w0, w1, pw, k, out, n
             _select_top(row, k, tv, out[i])
 
 
+@intrinsic
+def _bits32(typingctx, v):
+    """The IEEE bits of a float32 as uint32."""
+    sig = nb_types.uint32(nb_types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True)
+def rank_keys(values, keys):
+    """keys[k] (uint64) of the float32 ``values`` (n < 2**32): ascending keys = descending scores, ties by
+    position — the score's bits mapped to a descending unsigned order (-0.0 as +0.0, as comparison has it),
+    then k. Unique, so any sort of them is the stable descending order."""
+    sign = np.uint32(0x80000000)
+    for k in range(values.shape[0]):
+        b = _bits32(values[k] + np.float32(0.0))  # -0.0 -> +0.0: equal scores must get equal keys
+        asc = ~b if b & sign else b | sign  # order-preserving map float32 -> uint32
+        keys[k] = (np.uint64(~asc) << np.uint64(32)) | np.uint64(k)
+
+
 @njit(cache=True, nogil=True)
 def _rank_order(f, pos, keys, sv, sidx):
     """The positives ``pos`` (ascending archive indices) in rank order — score descending, ties by archive
-    order — into ``sidx`` (indices) / ``sv`` (scores): one sort of unique 64-bit keys (the score's bits
-    mapped to a descending unsigned order, -0.0 counted as +0.0 as float comparison does, then the position)."""
+    order — into ``sidx`` (indices) / ``sv`` (scores): one sort of their :func:`rank_keys`."""
     p_count = pos.shape[0]
-    sign = np.uint32(0x80000000)
     for k in range(p_count):
-        sv[k] = f[pos[k]] + np.float32(0.0)  # -0.0 -> +0.0: equal scores must get equal keys
-    bits = sv.view(np.uint32)
-    for k in range(p_count):
-        b = bits[k]
-        asc = ~b if b & sign else b | sign  # order-preserving map float32 -> uint32
-        keys[k] = (np.uint64(~asc) << np.uint64(32)) | np.uint64(k)
+        sv[k] = f[pos[k]]
+    rank_keys(sv[:p_count], keys)
     keys[:p_count].sort()
     low = np.uint64(0xFFFFFFFF)
     for k in range(p_count):
@@ -304,25 +321,6 @@ def _ranks_from_row(f, pos, keys, sv, sidx, ranks, pb, diff, cnt, first, last, c
 
 
 @njit(cache=True, nogil=True)
-def _ranks_from_sorted(f, srt, pos, keys, sv, sidx, ranks):
-    """Ranks of the positives through ``srt`` (``f`` sorted ascending, shared by all pairs of the row)."""
-    p_count = pos.shape[0]
-    n = f.shape[0]
-    _rank_order(f, pos, keys, sv, sidx)
-    for k in range(p_count):
-        p = sidx[k]
-        v = sv[k]
-        right = np.searchsorted(srt, v, side="right")  # number of scores <= v
-        r = n - right
-        if right >= 2 and srt[right - 2] == v:  # tied with another item: count equal ones earlier
-            for j in range(p):
-                if f[j] == v:
-                    r += 1
-        ranks[k] = r
-    return p_count
-
-
-@njit(cache=True, nogil=True)
 def _store(ranks, p_count, ks, ap_out, hits_out, m, pair):
     if p_count == 0:
         ap_out[m, pair] = np.nan
@@ -342,13 +340,13 @@ def _store(ranks, p_count, ks, ap_out, hits_out, m, pair):
 
 
 @njit(cache=True, parallel=True)
-def block_metrics(img, txt, rows, img_sorted, txt_sorted, li, ti, pair_ids, pset, pos_ptr, pos_idx,
+def block_metrics(img, txt, rows, li, ti, pair_ids, pset, pos_ptr, pos_idx,
                   ops, slot_a, slot_b, w, pw, ks, ap_out, hits_out, n_threads, simd):
     """AP and hits@k of every (pair, ranking) of one block, the rankings of a pair back to back.
 
     img (S_i, C, N) / txt (S_t, T, N): the block's image-side / text-side input rows (raw, normalised,
-    ...; float32); rows (S_r, B, N): precomputed fused rows (op ``row``); img_sorted (C', N) /
-    txt_sorted (T', N): rows sorted ascending (ops ``sorted_a`` / ``sorted_b``).
+    ...; float32); rows (S_r, B, N): precomputed fused rows (op ``row``); ops ``sorted_a`` / ``sorted_b``
+    rank a / b by the same sort-free pass (the shared sorts are the torch path's).
     li / ti (B,): each pair's image / text row; pair_ids (B,): its index in the outputs; pset (B,): its
     positive set; pos_ptr, pos_idx: positive set k, ascending, is ``pos_idx[pos_ptr[k]:pos_ptr[k+1]]``.
     ops / slot_a / slot_b (M,) and w (M, 2): ranking m = fusion ``FUSIONS[ops[m]]`` of img[slot_a[m]] and
@@ -387,23 +385,17 @@ def block_metrics(img, txt, rows, img_sorted, txt_sorted, li, ti, pair_ids, pset
                 if p_count == 0:
                     _store(ranks, 0, ks, ap_out, hits_out, m, pair)
                     continue
-                if op == 9:
-                    _ranks_from_sorted(img[slot_a[m], li[i]], img_sorted[li[i]], pos, keys, sv, sidx, ranks)
-                elif op == 10:
-                    _ranks_from_sorted(txt[slot_b[m], ti[i]], txt_sorted[ti[i]], pos, keys, sv, sidx, ranks)
+                if op == 0 or op == 9:
+                    row = img[slot_a[m], li[i]]
+                elif op == 1 or op == 10:
+                    row = txt[slot_b[m], ti[i]]
+                elif op == 8:
+                    row = rows[slot_a[m], i]
                 else:
-                    if op == 0:
-                        row = img[slot_a[m], li[i]]
-                    elif op == 1:
-                        row = txt[slot_b[m], ti[i]]
-                    elif op == 8:
-                        row = rows[slot_a[m], i]
-                    else:
-                        w0, w1 = w[m, 0], w[m, 1]
-                        if op == 12:
-                            w0, w1 = np.float64(pw[m, i, 0]), np.float64(pw[m, i, 1])
-                        _fuse_row(op, img[slot_a[m], li[i]], txt[slot_b[m], ti[i]], w0, w1, f)
-                        row = f
-                    _ranks_from_row(row, pos, keys, sv, sidx, ranks, pb, diff, cnt, first, last, cand, candv, bk, n_buckets,
-                                    simd)
+                    w0, w1 = w[m, 0], w[m, 1]
+                    if op == 12:
+                        w0, w1 = np.float64(pw[m, i, 0]), np.float64(pw[m, i, 1])
+                    _fuse_row(op, img[slot_a[m], li[i]], txt[slot_b[m], ti[i]], w0, w1, f)
+                    row = f
+                _ranks_from_row(row, pos, keys, sv, sidx, ranks, pb, diff, cnt, first, last, cand, candv, bk, n_buckets, simd)
                 _store(ranks, p_count, ks, ap_out, hits_out, m, pair)

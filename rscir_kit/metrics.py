@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .errors import DataError, ParameterError
-from .kernels import _OP, SIMD_COMPRESS, block_metrics
+from .kernels import _OP, SIMD_COMPRESS, block_metrics, rank_keys
 
 # ----------------------------------------------------------------------------- reference (1-D)
 
@@ -238,20 +238,18 @@ def sort_rows(scores: torch.Tensor) -> torch.Tensor:
 
 def descending_ranks_f32(arr: np.ndarray) -> np.ndarray:
     """1-based rank of every entry of the finite float32 rows ``arr`` (B, N) in descending order, ties by lower
-    index (= a stable descending sort), as int64 (B, N): one sort of unique 64-bit keys per row — the score's
-    bits mapped to a descending unsigned order (-0.0 as +0.0, as comparison has it), then the index."""
+    index (= a stable descending sort), as int64 (B, N): one sort of the row's unique 64-bit
+    :func:`rscir_kit.kernels.rank_keys`."""
     b, n = arr.shape
     if n >= 2**32:
         raise ParameterError(f"rows of {n} entries: at most 2**32 - 1")
     out = np.empty((b, n), np.int64)
-    index = np.arange(n, dtype=np.uint64)
     ranks = np.arange(1, n + 1, dtype=np.int64)
 
     def work(a, e):
+        key = np.empty(n, np.uint64)
         for r in range(a, e):
-            u = (arr[r] + np.float32(0.0)).view(np.uint32)
-            asc = np.where(u & np.uint32(0x80000000), ~u, u | np.uint32(0x80000000))
-            key = ((~asc).astype(np.uint64) << np.uint64(32)) | index
+            rank_keys(arr[r], key)  # compiled, releases the GIL; numpy's sort of the keys likewise
             key.sort()
             out[r, (key & np.uint64(0xFFFFFFFF)).astype(np.int64)] = ranks
 
@@ -356,9 +354,8 @@ def kernel_metrics(rows: np.ndarray, sets, ks=(), simd: bool | None = None) -> d
     ap = np.full((1, b), np.nan)
     hits = np.zeros((1, len(ks), b), np.int64)
     empty3 = np.zeros((0, 1, n), np.float32)
-    empty2 = np.zeros((0, n), np.float32)
     ar = np.arange(b, dtype=np.int64)
-    block_metrics(empty3, empty3, rows[None], empty2, empty2, ar, ar, ar, ar, ptr, idx,
+    block_metrics(empty3, empty3, rows[None], ar, ar, ar, ar, ptr, idx,
                   np.array([_OP["row"]]), np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros((1, 2)),
                   np.zeros((1, b, 2), np.float32), np.array(ks, np.int64), ap, hits, numba.get_num_threads(),
                   SIMD_COMPRESS if simd is None else bool(simd))
