@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -321,6 +320,17 @@ def expanded_query(top, X, query=None, alpha: float = 3.0):
     return _unit(base + torch.einsum("bn,bnd->bd", c, nb))
 
 
+def _top_words(E, vocab_emb, n: int) -> np.ndarray:
+    """(R, n) int64: each row of E (R, d)'s n most similar vocabulary entries (V, d), best first, ties by the
+    lower vocabulary index (a stable descending sort of the (R, V) similarities, 4,096 rows at a time)."""
+    out = np.empty((len(E), n), dtype=np.int64)
+    Vt = torch.from_numpy(np.ascontiguousarray(vocab_emb.T))
+    for s0 in range(0, len(E), 4096):
+        sim = torch.from_numpy(np.ascontiguousarray(E[s0:s0 + 4096])) @ Vt
+        out[s0:s0 + 4096] = _stable_topk(sim, n).numpy()
+    return out
+
+
 def freedom_words(v, X, vocab_emb, k: int = 20, n: int = 7, m: int = 7, self_threshold: float = 0.98):
     """FreeDom's word selection (Efthymiadis et al., 'Composed image retrieval for training-free domain
     conversion', WACV 2025, github NikosEfth/freedom): for each query image v (B, d),
@@ -348,20 +358,44 @@ def freedom_words(v, X, vocab_emb, k: int = 20, n: int = 7, m: int = 7, self_thr
         sim = torch.from_numpy(v[s0:s0 + 1024]) @ Xt.T
         near[s0:s0 + 1024] = _stable_topk(sim, k).numpy()                # proxies, best first, kit's tie rule
         best[s0:s0 + 1024] = sim.amax(dim=1).numpy()
-    proxies = X[near]                                                    # (B, k, d)
+    # an image's n words depend on the image alone: found once per archive image (N, n), then gathered per
+    # query (B, k, n) — no (B, k, d) copy of the proxies
+    words = _top_words(X, vocab_emb, n)[near]
     add_self = best < self_threshold
     if add_self.any():
-        proxies[add_self] = np.concatenate([v[add_self][:, None, :], proxies[add_self][:, :-1, :]], axis=1)
-    word_sim = proxies @ vocab_emb.T                                     # (B, k, V)
-    words = np.argsort(-word_sim, axis=2, kind="stable")[:, :, :n]       # (B, k, n)
-    out_idx = np.full((len(v), m), -1, dtype=np.int64)
-    out_w = np.zeros((len(v), m), dtype=np.float64)
-    for b in range(len(v)):  # counting over k·n ≤ a few hundred words: negligible next to the matmuls
-        counts = Counter(words[b].ravel().tolist())                     # insertion order = first seen
-        best = sorted(counts, key=lambda j: counts[j], reverse=True)[:m]
-        top = max(counts[j] for j in best)
-        out_idx[b, :len(best)] = best
-        out_w[b, :len(best)] = [counts[j] / top for j in best]
+        words[add_self] = np.concatenate([_top_words(v[add_self], vocab_emb, n)[:, None, :],
+                                          words[add_self][:, :-1, :]], axis=1)
+    return _most_frequent(words.reshape(len(v), -1), m)
+
+
+def _most_frequent(words: np.ndarray, m: int):
+    """Each row's m most frequent entries of ``words`` (B, L) int64, ties by first appearance (the official
+    ``sorted(counts, key=counts.get, reverse=True)`` over an insertion-ordered dict: Python's sort is stable),
+    weighted by count / the row's highest count. Returns (B, m) int64 (−1 padding), (B, m) float64 (0 padding)."""
+    n_rows, length = words.shape
+    order = np.argsort(words, axis=1, kind="stable")                    # equal words: by position
+    srt = np.take_along_axis(words, order, axis=1)
+    start = np.ones(srt.shape, dtype=bool)
+    start[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    end = np.ones(srt.shape, dtype=bool)
+    end[:, :-1] = start[:, 1:]
+    rows, s_col = np.nonzero(start)                                      # one (start, end) per distinct word,
+    _, e_col = np.nonzero(end)                                           # both in row-major order
+    count, first = e_col - s_col + 1, order[rows, s_col]
+    key = np.full(srt.shape, np.iinfo(np.int64).max, dtype=np.int64)
+    key[rows, s_col] = (length - count) * length + first                 # (−count, first seen), unique per row
+    word = np.zeros(srt.shape, dtype=np.int64)
+    word[rows, s_col] = srt[rows, s_col]
+    cnt = np.zeros(srt.shape, dtype=np.float64)
+    cnt[rows, s_col] = count
+    pick = np.argsort(key, axis=1, kind="stable")[:, :m]
+    valid = np.take_along_axis(key, pick, axis=1) != np.iinfo(np.int64).max
+    out_idx = np.where(valid, np.take_along_axis(word, pick, axis=1), -1)
+    c = np.where(valid, np.take_along_axis(cnt, pick, axis=1), 0.0)
+    out_w = c / np.maximum(c[:, :1], 1.0)
+    if out_idx.shape[1] < m:                                             # fewer than m entries a row
+        out_idx = np.pad(out_idx, ((0, 0), (0, m - out_idx.shape[1])), constant_values=-1)
+        out_w = np.pad(out_w, ((0, 0), (0, m - out_w.shape[1])))
     return out_idx, out_w
 
 

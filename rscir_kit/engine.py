@@ -179,6 +179,8 @@ class Plan:
     on_empty: str
     ap_decimals: int | None
     prepared: dict = field(default_factory=dict)  # method -> state of registry entries with ``prepare``
+    img_scored: bool = True   # some ranking reads the block's image similarity rows (else no image GEMM)
+    txt_scored: bool = True
     row_buffers: object = None  # _Buffers of the kernel's precomputed rows (op "row"), reused across blocks
 
 
@@ -258,7 +260,18 @@ def _plan(queries, archive, texts, methods, lambdas, query_features, device, on_
     return Plan(queries, combos, rankings, combo_ranking, img_inputs, txt_inputs,
                 torch.as_tensor(X_np, device=dev), torch.as_tensor(Qimg_np, device=dev),
                 torch.as_tensor(Qtxt_np, device=dev), img_of_pair, txt_of_pair, n_pos, empty, pos_ptr, pos_idx,
-                max_pairs, txt_global, backend, dev, numerics, ks, on_empty, ap_decimals, prepared=prepared)
+                max_pairs, txt_global, backend, dev, numerics, ks, on_empty, ap_decimals, prepared=prepared,
+                img_scored=any(_reads_scores(r, "a") for r in rankings),
+                txt_scored=any(_reads_scores(r, "b") for r in rankings))
+
+
+def _reads_scores(r: Ranking, side: str) -> bool:
+    """Whether ranking ``r`` reads the block's image (``side`` "a") or text ("b") similarity rows: a kernel
+    fusion of that side, or a precomputed row whose registry entry reads them (αQE: its base may)."""
+    if r.op == "row":
+        spec = registry.method_spec(r.method)
+        return spec.qe is not None or registry.REGISTRY[spec.name].scores
+    return r.op not in (("b", "sorted_b") if side == "a" else ("a", "sorted_a"))
 
 
 def _prepare_methods(combos, queries, archive, texts, X, Qimg, uniq_txt, img_of_pair, txt_of_pair) -> dict:
@@ -320,7 +333,9 @@ class _Side:
 
 
 def _score_side(plan: Plan, keys: list, Q: torch.Tensor, rows: np.ndarray, buffers: _Buffers,
-                need_sorted: bool) -> _Side:
+                need_sorted: bool, scored: bool = True) -> _Side:
+    if not scored:  # no ranking reads this side: (0, R, N) inputs, no GEMM
+        return _Side(torch.empty((0, len(rows), plan.X.shape[0]), dtype=torch.float32, device=plan.device), None)
     buf = buffers.get(len(rows))  # slot 0 is always the raw similarities
     S = torch.matmul(Q[torch.as_tensor(rows, device=plan.device)], plan.X.T, out=buf[0])
     _side_inputs(keys, S, buf)
@@ -336,10 +351,11 @@ def _score_block(plan: Plan, block: np.ndarray, img_buffers: _Buffers, txt_buffe
     """AP / hits@k of every ranking for the pairs ``block`` (written into ``ap`` / ``hits``)."""
     ops = [r.op for r in plan.rankings]
     b_imgs, li = np.unique(plan.img_of_pair[block], return_inverse=True)
-    img_side = _score_side(plan, plan.img_inputs, plan.Qimg, b_imgs, img_buffers, "sorted_a" in ops)
+    img_side = _score_side(plan, plan.img_inputs, plan.Qimg, b_imgs, img_buffers, "sorted_a" in ops, plan.img_scored)
     if txt_side is None:  # many texts: only the block's distinct texts (bounded memory)
         b_txts, ti = np.unique(plan.txt_of_pair[block], return_inverse=True)
-        txt_side = _score_side(plan, plan.txt_inputs, plan.Qtxt, b_txts, txt_buffers, "sorted_b" in ops)
+        txt_side = _score_side(plan, plan.txt_inputs, plan.Qtxt, b_txts, txt_buffers, "sorted_b" in ops,
+                               plan.txt_scored)
     else:
         ti = plan.txt_of_pair[block]
     pid = plan.queries.table["positive_id"].to_numpy()[block]
@@ -384,7 +400,8 @@ def _ranking_row(plan: Plan, r: Ranking, img_side: _Side, txt_side: _Side, li, t
         ib = torch.as_tensor(plan.img_of_pair[block], device=dev)
         tb = torch.as_tensor(plan.txt_of_pair[block], device=dev)
         ctx = _RowContext(inputs, v=plan.Qimg[ib], w=plan.Qtxt[tb], X=plan.X, lam=r.lam,
-                          options=dict(spec.options), state=plan.prepared.get(spec.base), block=block)
+                          options=dict(spec.options), state=plan.prepared.get(spec.base), block=block, out=out,
+                          kernel=plan.backend == "kernel")
         return entry.rows(ctx).to(torch.float32)
     if entry.query is not None:
         return (_composed_query(plan, r, block) @ plan.X.T).to(torch.float32)
@@ -393,7 +410,8 @@ def _ranking_row(plan: Plan, r: Ranking, img_side: _Side, txt_side: _Side, li, t
 
 class _RowContext:
     """What a registry entry's ``rows`` sees: the block's query vectors v, w (B, d), the archive X, λ, its
-    options and prepared state, and the gathered similarity rows ``s_img`` / ``s_txt`` (B, N), made on first use."""
+    options and prepared state, the pairs ``block``, ``out`` (B, N) to write into (or None), ``kernel`` (the CPU
+    kernel backend), and the gathered similarity rows ``s_img`` / ``s_txt`` (B, N), made on first use."""
 
     def __init__(self, inputs, **fields):
         self._inputs, self._rows = inputs, None
@@ -570,7 +588,7 @@ def _run(plan: Plan, progress: bool, desc: str) -> tuple[np.ndarray, np.ndarray]
     if plan.txt_global:  # few distinct texts (the usual case): score, normalise and sort them once
         ops = [r.op for r in plan.rankings]
         txt_side = _score_side(plan, plan.txt_inputs, plan.Qtxt, np.arange(plan.Qtxt.shape[0]), txt_buffers,
-                               "sorted_b" in ops)
+                               "sorted_b" in ops, plan.txt_scored)
     with tqdm(total=n_pairs, desc=desc, unit="pair", disable=not show_progress(progress)) as bar:
         for block in _blocks(plan.img_of_pair, plan.max_pairs):
             _score_block(plan, block, img_buffers, txt_buffers, txt_side, ap, hits)

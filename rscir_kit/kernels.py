@@ -399,3 +399,25 @@ def block_metrics(img, txt, rows, li, ti, pair_ids, pset, pos_ptr, pos_idx,
                     row = f
                 _ranks_from_row(row, pos, keys, sv, sidx, ranks, pb, diff, cnt, first, last, cand, candv, bk, n_buckets, simd)
                 _store(ranks, p_count, ks, ap_out, hits_out, m, pair)
+
+
+@njit(cache=True, parallel=True)
+def weighted_row_sum(S, idx, w, out, n_threads):
+    """out[b] = Σ_j w[b, j]·S[idx[b, j]] in float32, j ascending, entries with idx < 0 skipped (0 if none).
+
+    S (C, N) float32 rows; idx (B, m) int64; w (B, m) float32; out (B, N) float32. Pairs in n_threads chunks.
+    """
+    n_pairs, n = idx.shape[0], S.shape[1]
+    n_chunks = min(n_threads, max(1, n_pairs))
+    for c in numba.prange(n_chunks):
+        for b in range(c * n_pairs // n_chunks, (c + 1) * n_pairs // n_chunks):
+            o = out[b]
+            o[:] = 0.0
+            for j in range(idx.shape[1]):
+                r = idx[b, j]
+                if r < 0:
+                    continue
+                wj = w[b, j]
+                s = S[r]
+                for i in range(n):
+                    o[i] += wj * s[i]

@@ -38,7 +38,7 @@ functions that take torch tensors import it when called.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -169,12 +169,15 @@ class Method:
     kernel: Callable | None = None
     alias: Callable | None = None
     query: Callable | None = None      # feature-level: (v, w, lam, options, state, block) -> (B, d) composed query
-    rows: Callable | None = None       # its score rows from a context (s_img, s_txt, v, w, X, lam, options, state,
-                                       # block) -> (B, N), ranking exactly as X·query (cheaper than a GEMM)
+    rows: Callable | None = None       # its score rows from a context (engine._RowContext: s_img, s_txt, v, w, X,
+                                       # lam, options, state, block, out, kernel) -> (B, N), ranking exactly as
+                                       # X·query (cheaper than a GEMM)
     prepare: Callable | None = None    # once per evaluation: (context, options) -> state for ``query``
     options: dict | None = None        # tunable options and defaults (``"freedom:k=10,m=5"``)
     pair_weights: Callable | None = None  # (v, w, lam) -> (c_v, c_w) (B, 1) each: its score row is
                                        # s_img·c_v + s_txt·c_w, which the engine's kernel fuses (op "pairlin")
+    scores: bool = True                # its rows read the block's image/text similarity rows (False: the engine
+                                       # skips the block's image GEMM when no other ranking needs it)
 
 
 def _weicom_kernel(lam, numerics):
@@ -299,9 +302,36 @@ def _encoder_of(texts, what: str):
     raise ParameterError(f"{what} needs a text encoder or text features")
 
 
+#: FreeDom ranks by Σ_j w_j·(g("word_j text")·x). When its distinct "word text" strings are at most as many as
+#: the pairs and their (C, N) similarity rows fit in this many MiB, those rows are computed once and each pair's
+#: row is their weighted sum (the official order of operations, m·N additions a pair); otherwise each pair's
+#: weighted query Σ_j w_j·g(...) is one (d, N) product. The two agree up to float32 rounding.
+FREEDOM_SIMILARITY_ROWS_MB = 2048
+
+
+def _freedom_similarity_rows(n_strings: int, n_pairs: int, n_archive: int) -> bool:
+    """Whether FreeDom's rows are sums of its strings' precomputed similarity rows (see the budget above)."""
+    return n_strings <= n_pairs and n_strings * n_archive * 4 <= FREEDOM_SIMILARITY_ROWS_MB * 2**20
+
+
+@dataclass
+class FreedomState:
+    """FreeDom's per-evaluation state: the distinct "word text" embeddings (C, d) float32, each pair's string
+    indices (P, m) int64 (−1 padding) and weights (P, m) float32 (0 padding), and the strings' similarity rows
+    with the archive (C, N) float32, or None (then rows come from the weighted query)."""
+
+    emb: np.ndarray
+    idx: np.ndarray
+    wts: np.ndarray
+    sims: np.ndarray | None
+    on_device: dict = field(default_factory=dict)
+
+
 def _freedom_prepare(ctx, options):
     """FreeDom per pair: proxies and words per distinct query image (rscir_kit.compose.freedom_words), the
     embeddings of the distinct "word text" strings, and each pair's (string index, weight) lists."""
+    import torch
+
     from . import compose
 
     vocab = _read_vocabulary(options["vocab"]) if options.get("vocab") else default_vocabulary(ctx.queries, ctx.archive)
@@ -310,22 +340,60 @@ def _freedom_prepare(ctx, options):
     idx, wts = compose.freedom_words(ctx.Qimg, ctx.X, vocab_emb, k=int(options["k"]), n=int(options["n"]),
                                      m=int(options["m"]))
     idx, wts = idx[ctx.img_of_pair], wts[ctx.img_of_pair]
-    texts = ctx.uniq_txt[ctx.txt_of_pair]
-    combos, pair_idx = {}, np.full(idx.shape, -1, dtype=np.int64)
-    for b in range(len(idx)):
-        for j, word in enumerate(idx[b]):
-            if word >= 0:
-                pair_idx[b, j] = combos.setdefault(f"{vocab[word]} {texts[b]}", len(combos))
-    emb = encode(list(combos)).astype(np.float32)
-    return emb, pair_idx, np.where(pair_idx >= 0, wts, 0.0).astype(np.float32)
+    # the distinct (word, text) strings in order of first appearance (pairs row-major)
+    key = np.where(idx >= 0, idx * len(ctx.uniq_txt) + ctx.txt_of_pair[:, None], -1)
+    seen = key.ravel() >= 0
+    uniq, first, inverse = np.unique(key.ravel()[seen], return_index=True, return_inverse=True)
+    rank = np.empty(len(uniq), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(uniq))
+    pair_idx = np.full(key.size, -1, dtype=np.int64)
+    pair_idx[seen] = rank[inverse]
+    pair_idx = pair_idx.reshape(idx.shape)
+    combos = [None] * len(uniq)
+    for u, r in zip(uniq.tolist(), rank.tolist()):
+        combos[r] = f"{vocab[u // len(ctx.uniq_txt)]} {ctx.uniq_txt[u % len(ctx.uniq_txt)]}"
+    emb = encode(combos).astype(np.float32)
+    sims = None
+    if _freedom_similarity_rows(len(combos), len(pair_idx), ctx.X.shape[0]):
+        sims = (torch.from_numpy(emb) @ torch.from_numpy(ctx.X).T).numpy()
+    return FreedomState(emb, pair_idx, np.where(pair_idx >= 0, wts, 0.0).astype(np.float32), sims)
 
 
 def _freedom_query(v, w, lam, options, state, block):
     import torch
 
-    emb, idx, wts = state  # Σ_j w_j·g("word_j text"): (B, m, d) gathered, one (B, d)·(d, N) product per block
-    q = np.einsum("bm,bmd->bd", wts[block], emb[np.maximum(idx[block], 0)])
+    # Σ_j w_j·g("word_j text"): (B, m, d) gathered (padding weight 0)
+    q = np.einsum("bm,bmd->bd", state.wts[block], state.emb[np.maximum(state.idx[block], 0)])
     return torch.as_tensor(q.astype(np.float32), device=v.device)
+
+
+def _freedom_rows(ctx):
+    """(B, N) FreeDom rows: Σ_j w_j·s_j over the strings' precomputed similarity rows (the compiled
+    rscir_kit.kernels.weighted_row_sum with the kernel backend, torch gathers with the torch backend), or
+    X·(weighted query)."""
+    import torch
+
+    st = ctx.state
+    if st.sims is None:
+        return _freedom_query(ctx.v, ctx.w, ctx.lam, ctx.options, st, ctx.block).to(ctx.X.dtype) @ ctx.X.T
+    idx, wts = st.idx[ctx.block], st.wts[ctx.block]
+    dev = ctx.X.device
+    if ctx.kernel:  # the CPU backend
+        import numba
+
+        from .kernels import weighted_row_sum
+
+        out = ctx.out if ctx.out is not None else torch.empty((len(idx), st.sims.shape[1]), dtype=torch.float32)
+        weighted_row_sum(st.sims, idx, wts, out.numpy(), numba.get_num_threads())
+        return out
+    if dev not in st.on_device:
+        st.on_device[dev] = torch.as_tensor(st.sims, device=dev)
+    S = st.on_device[dev]
+    idx_t, w_t = torch.as_tensor(idx, device=dev), torch.as_tensor(wts, device=dev)
+    out = torch.zeros((len(idx), S.shape[1]), dtype=torch.float32, device=dev)
+    for j in range(idx.shape[1]):
+        out.addcmul_(S[idx_t[:, j].clamp(min=0)], w_t[:, j:j + 1])
+    return out
 
 
 def _weimocir_prepare(ctx, options):
@@ -375,13 +443,13 @@ for _m in (
     Method("slerp", "Slerp", lambda a, b, lam: None, takes_lambda=True, query=_slerp_query, rows=_slerp_rows,
            pair_weights=_slerp_pair_weights,
            doc="spherical interpolation of v and w at α=λ, Jang et al., ECCV 2024 (github youngkyunJang/SLERP-TAT)"),
-    Method("freedom", "FreeDom", lambda a, b, lam: None, query=_freedom_query,
-           prepare=_freedom_prepare,
+    Method("freedom", "FreeDom", lambda a, b, lam: None, query=_freedom_query, rows=_freedom_rows,
+           prepare=_freedom_prepare, scores=False,
            options={"k": 20, "n": 7, "m": 7, "vocab": ""},
            doc="FreeDom, Efthymiadis et al., WACV 2025 (github NikosEfth/freedom): k proxy images → n words "
                "each → m most frequent → Σ freq·g('word text'); vocabulary: the benchmark's class/label names"),
     Method("weimocir", "WeiMoCIR", lambda a, b, lam: None, takes_lambda=True, query=_feature_sum_query,
-           rows=_weimocir_rows, prepare=_weimocir_prepare, options={"captions": "", "beta": 0.5},
+           rows=_weimocir_rows, prepare=_weimocir_prepare, options={"captions": "", "beta": 0.5}, scores=False,
            doc="WeiMoCIR, Wu, Lin & Yang 2024 (arXiv 2409.04918): q = normalised (1-α)·v + α·w (α = λ), score "
                "(1-β)·q·x + β·q·c̄_x with c̄_x the mean embedding of the archive image's captions (any captioner)"),
 ):

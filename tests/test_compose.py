@@ -99,6 +99,26 @@ def _freedom_reference(v, X, vocab_emb, k, n, m):
     return idx_out, w_out
 
 
+def test_freedom_most_frequent_words_equal_the_official_counting():
+    """compose._most_frequent (vectorised) == the official Counter + stable sorted(reverse=True) per row, on
+    rows full of ties, one-word rows and rows with fewer distinct words than m (padding)."""
+    from collections import Counter
+
+    rng = np.random.default_rng(5)
+    words = rng.integers(0, 6, size=(300, 21))
+    words[0] = 4
+    words[1, :] = np.arange(21) % 2
+    for m in (1, 3, 7):
+        idx, w = compose._most_frequent(words, m)
+        assert idx.shape == w.shape == (300, m)
+        for b in range(len(words)):
+            counts = Counter(words[b].tolist())
+            best = sorted(counts, key=lambda j: counts[j], reverse=True)[:m]
+            top = max(counts[j] for j in best)
+            assert idx[b].tolist() == best + [-1] * (m - len(best))
+            assert w[b].tolist() == [counts[j] / top for j in best] + [0.0] * (m - len(best))
+
+
 def test_freedom_words_and_queries_match_official_steps():
     rng = np.random.default_rng(3)
     X, vocab = _unit_rows(rng, 40, 6), _unit_rows(rng, 9, 6)

@@ -145,6 +145,46 @@ def _freedom_reference(X, v, text, vocab, encode, k, n, m):
     return X @ q
 
 
+@pytest.mark.parametrize("backend", ["kernel", "torch"])
+@pytest.mark.parametrize("similarity_rows", [False, True])
+def test_freedom_score_paths_equal_official_steps(bench, monkeypatch, backend, similarity_rows):
+    """Both ways FreeDom's rows are made — sums of its strings' precomputed similarity rows (compiled on the
+    kernel backend, torch gathers on the torch one) or one product with the weighted query — rank as the
+    official steps (float64 reference); the path taken is the one asked for."""
+    archive, texts, queries = bench
+    enc = HashEncoder(texts, archive.meta)
+    vocab = methods.default_vocabulary(queries, archive)
+    monkeypatch.setattr(methods, "_freedom_similarity_rows", lambda *a: similarity_rows)
+    calls = []
+    query = methods._freedom_query
+    monkeypatch.setattr(methods, "_freedom_query", lambda *a: calls.append(1) or query(*a))
+    pp = evaluate(queries, archive, enc, methods=["freedom:k=5,n=3,m=4"], lambdas=(), progress=False,
+                  backend=backend)
+    assert bool(calls) == (not similarity_rows)
+    for i in range(len(queries)):
+        X, v, _, rel = _rows(bench, i)
+        ref = average_precision(_freedom_reference(X, v, queries.table["text"].iat[i], vocab, enc.encode_texts,
+                                                   5, 3, 4), rel)
+        assert pp["ap"].iat[i] == pytest.approx(ref, abs=1e-6)
+
+
+def test_freedom_alone_skips_the_image_scores_and_ranks_the_same(bench, monkeypatch):
+    """FreeDom reads no similarity row of the block: evaluated alone, the engine makes no image GEMM, and its
+    APs equal those of the same evaluation beside WeiCom (which needs the image side)."""
+    from rscir_kit import engine
+
+    archive, texts, queries = bench
+    enc = HashEncoder(texts, archive.meta)
+    plans = []
+    plan = engine._plan
+    monkeypatch.setattr(engine, "_plan", lambda *a: plans.append(plan(*a)) or plans[-1])
+    alone = evaluate(queries, archive, enc, methods=["freedom"], lambdas=(), progress=False)
+    both = evaluate(queries, archive, enc, methods=["freedom", "weicom"], lambdas=(0.5,), progress=False)
+    assert (plans[0].img_scored, plans[0].txt_scored) == (False, False)
+    assert (plans[1].img_scored, plans[1].txt_scored) == (True, True)
+    np.testing.assert_array_equal(alone["ap"].to_numpy(), both[both["method"] == "freedom"]["ap"].to_numpy())
+
+
 def test_freedom_engine_equals_official_steps(bench, tmp_path):
     archive, texts, queries = bench
     enc = HashEncoder(texts, archive.meta)

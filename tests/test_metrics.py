@@ -217,3 +217,24 @@ def test_kernel_harris_and_pairlin_round_as_their_torch_forms():
         np.testing.assert_array_equal(out, harris[i])
         _fuse_row(_OP["pairlin"], a[i], b[i], float(cv[i, 0]), float(cw[i, 0]), out)
         np.testing.assert_array_equal(out, pairlin[i])
+
+
+def test_weighted_row_sum_equals_the_float32_loop():
+    """kernels.weighted_row_sum (FreeDom's similarity sums) == Σ_j w_j·S[idx_j] in float32, j ascending, −1
+    entries skipped (a row of only −1 is zeros); several thread counts, out's old contents overwritten."""
+    from rscir_kit.kernels import weighted_row_sum
+
+    rng = np.random.default_rng(2)
+    S = rng.standard_normal((9, 1003)).astype(np.float32)
+    idx = rng.integers(-1, 9, size=(37, 5))
+    idx[3] = -1
+    w = rng.random((37, 5)).astype(np.float32)
+    ref = np.zeros((37, 1003), np.float32)
+    for b in range(37):
+        for j in range(5):
+            if idx[b, j] >= 0:
+                ref[b] += w[b, j] * S[idx[b, j]]
+    for threads in (1, 2, 64):
+        out = np.full((37, 1003), np.nan, np.float32)
+        weighted_row_sum(S, idx, w, out, threads)
+        np.testing.assert_array_equal(out, ref)
