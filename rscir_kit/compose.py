@@ -514,9 +514,9 @@ def save_captions(path, archive_paths: Sequence[str], descriptions: Sequence[Seq
     return path
 
 
-def load_captions(path, archive_paths: Sequence[str]) -> list[list[str]]:
+def load_captions(path, archive_paths: Sequence[str], what: str = "archive image") -> list[list[str]]:
     """The captions of ``archive_paths`` (in that order) from a :func:`save_captions` file; DataError naming the
-    file and the first images it lacks."""
+    file and the first images (``what``) it lacks."""
 
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -530,6 +530,6 @@ def load_captions(path, archive_paths: Sequence[str]) -> list[list[str]]:
         raise DataError(f"{path}: not a rscir-kit captions file (format {CAPTIONS_FORMAT} with a 'captions' mapping)")
     missing = [p for p in map(str, archive_paths) if p not in caps]
     if missing:
-        raise DataError(f"{path}: no captions for {len(missing)} archive image(s), e.g. {missing[:3]}; caption the "
-                        "whole archive")
+        raise DataError(f"{path}: no captions for {len(missing)} {what}(s), e.g. {missing[:3]}; caption every "
+                        f"{what} (rscir_kit.compose.save_captions)")
     return [list(caps[str(p)]) for p in archive_paths]

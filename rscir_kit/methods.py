@@ -419,6 +419,31 @@ def _weimocir_rows(ctx):
     return q @ torch.as_tensor(ctx.state, device=q.device).T
 
 
+def _cirevl_prepare(ctx, options):
+    """CIReVL per pair: the query image's caption (from a captions file made with any captioner) rewritten with
+    the query text (rscir_kit.compose.cirevl_texts, its LLM-free rewrite), each distinct string embedded once."""
+    from . import compose
+
+    if not options.get("captions"):
+        raise ParameterError("cirevl needs the query images' captions: 'cirevl:captions=FILE.json' (write it with "
+                             "rscir_kit.compose.save_captions from any captioner's descriptions)")
+    paths = ctx.queries.table["query_path"].astype(str).tolist()
+    uniq = list(dict.fromkeys(paths))
+    caption_of = dict(zip(uniq, compose.load_captions(options["captions"], uniq, what="query image")))
+    strings = compose.cirevl_texts(lambda images: [caption_of[p] for p in images], paths,
+                                   ctx.queries.table["text"].astype(str).tolist())
+    index = {}
+    string_of_pair = np.array([index.setdefault(t, len(index)) for t in strings], dtype=np.int64)
+    return _encoder_of(ctx.texts, "CIReVL")(list(index)).astype(np.float32), string_of_pair
+
+
+def _cirevl_query(v, w, lam, options, state, block):
+    import torch
+
+    emb, string_of_pair = state
+    return torch.as_tensor(emb[string_of_pair[block]], device=v.device)
+
+
 for _m in (
     Method("zscore-sum", "z-score sum", lambda a, b, lam: lam * b + (1.0 - lam) * a, norm="zscore",
            takes_lambda=True, kernel=_lin_kernel("zscore"),
@@ -448,6 +473,11 @@ for _m in (
            options={"k": 20, "n": 7, "m": 7, "vocab": ""},
            doc="FreeDom, Efthymiadis et al., WACV 2025 (github NikosEfth/freedom): k proxy images → n words "
                "each → m most frequent → Σ freq·g('word text'); vocabulary: the benchmark's class/label names"),
+    Method("cirevl", "CIReVL (caption + text)", lambda a, b, lam: None, query=_cirevl_query, prepare=_cirevl_prepare,
+           options={"captions": ""}, scores=False,
+           doc="CIReVL, Karthik et al., ICLR 2024: the query image's caption (any captioner) rewritten with the query "
+               "text — 'caption, text' here (compose.default_rewrite; an LLM plugs in via compose.cirevl_texts) — "
+               "then text→image retrieval"),
     Method("weimocir", "WeiMoCIR", lambda a, b, lam: None, takes_lambda=True, query=_feature_sum_query,
            rows=_weimocir_rows, prepare=_weimocir_prepare, options={"captions": "", "beta": 0.5}, scores=False,
            doc="WeiMoCIR, Wu, Lin & Yang 2024 (arXiv 2409.04918): q = normalised (1-α)·v + α·w (α = λ), score "

@@ -297,6 +297,35 @@ def test_weimocir_with_a_fake_captioner(bench, tmp_path):
                  progress=False)
 
 
+def test_cirevl_with_a_fake_captioner(bench, tmp_path):
+    """CIReVL as a registry entry: a fake captioner describes the images, each pair's query is the text encoder's
+    embedding of 'caption, text' (compose.default_rewrite); the engine equals that text→image retrieval."""
+    from rscir_kit import compose
+
+    archive, texts, queries = bench
+    enc = HashEncoder(texts, archive.meta)
+
+    def captioner(images):
+        return [[f"an aerial image of {p.split('/')[0].replace('_', ' ')}."] for p in images]
+
+    path = compose.save_captions(tmp_path / "captions.json", archive.paths, captioner(list(archive.paths)), "fake")
+    pp = evaluate(queries, archive, enc, methods=[f"cirevl:captions={path}"], lambdas=(), progress=False)
+    for i in range(0, len(queries), 3):
+        X, _, _, rel = _rows(bench, i)
+        row = queries.table.iloc[i]
+        caption = f"an aerial image of {row['query_path'].split('/')[0].replace('_', ' ')}"
+        ref = average_precision(X @ enc.vec(f"{caption}, {row['text']}"), rel)
+        assert pp["ap"].iat[i] == pytest.approx(ref, abs=1e-6)
+    assert methods.method_label(f"cirevl:captions={path}").startswith("CIReVL (caption + text) (captions=")
+    with pytest.raises(ParameterError, match="query images' captions"):
+        evaluate(queries, archive, enc, methods=["cirevl"], lambdas=(), progress=False)
+    few = compose.save_captions(tmp_path / "few.json", archive.paths[:1], captioner(list(archive.paths[:1])))
+    with pytest.raises(DataError, match=r"no captions for \d+ query image\(s\)"):
+        evaluate(queries, archive, enc, methods=[f"cirevl:captions={few}"], lambdas=(), progress=False)
+    with pytest.raises(DataError, match="text encoder"):
+        evaluate(queries, archive, texts, methods=[f"cirevl:captions={path}"], lambdas=(), progress=False)
+
+
 @pytest.mark.parametrize("method,lam", [("weicom+qe:n=4", 0.5), ("slerp+qe:n=3,alpha=2", 0.4), ("harris+qe:n=5", 0.1),
                                         ("image+qe:n=2", None)])
 def test_query_expansion_with_duplicate_archive_items(bench, method, lam):
