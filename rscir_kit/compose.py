@@ -399,25 +399,40 @@ def _most_frequent(words: np.ndarray, m: int):
     return out_idx, out_w
 
 
+def freedom_strings(word_idx, text_idx, vocabulary: Sequence[str], texts: Sequence[str],
+                    template: str = "{word} {text}"):
+    """FreeDom's distinct "word text" strings: word_idx (B, m) indexes ``vocabulary`` (−1 padding), text_idx (B,)
+    indexes ``texts``. Returns the strings in order of first appearance (pairs row-major) and (B, m) int64 each
+    entry's string index (−1 padding)."""
+    word_idx = np.asarray(word_idx, dtype=np.int64)
+    n_texts = max(1, len(texts))
+    key = np.where(word_idx >= 0, word_idx * n_texts + np.asarray(text_idx, dtype=np.int64)[:, None], -1).ravel()
+    seen = key >= 0
+    uniq, first, inverse = np.unique(key[seen], return_index=True, return_inverse=True)
+    rank = np.empty(len(uniq), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(uniq))
+    pair_idx = np.full(key.size, -1, dtype=np.int64)
+    pair_idx[seen] = rank[inverse]
+    strings = [""] * len(uniq)
+    for u, r in zip(uniq.tolist(), rank.tolist()):
+        strings[r] = template.format(word=vocabulary[u // n_texts], text=texts[u % n_texts])
+    return strings, pair_idx.reshape(word_idx.shape)
+
+
 def freedom_queries(word_idx, word_w, texts: Sequence[str], vocabulary: Sequence[str], encode: Callable,
                     template: str = "{word} {text}"):
     """FreeDom's composed queries: ``Σ_j w_j · g("word_j text")`` for every pair (not normalised, as the official
     code: it ranks by the weighted sum of similarities). word_idx/word_w (B, m) from :func:`freedom_words`;
     texts (B,) the query texts; ``encode(list_of_str) -> (T, d)`` the text encoder (each distinct text encoded
-    once). Returns (B, d) float32.
+    once, :func:`freedom_strings`). Returns (B, d) float32.
     """
-    combos, where = {}, []
-    for b, text in enumerate(texts):
-        for j, idx in enumerate(word_idx[b]):
-            if idx < 0:
-                continue
-            s = template.format(word=vocabulary[idx], text=text)
-            where.append((b, j, combos.setdefault(s, len(combos))))
-    emb = np.asarray(encode(list(combos)), dtype=np.float32) if combos else np.zeros((0, 1), np.float32)
-    out = np.zeros((len(texts), emb.shape[1]), dtype=np.float64)
-    for b, j, c in where:
-        out[b] += word_w[b, j] * emb[c]
-    return out.astype(np.float32)
+    uniq_txt, text_idx = np.unique(np.asarray(list(texts), dtype=object).astype(str), return_inverse=True)
+    strings, pair_idx = freedom_strings(word_idx, text_idx, vocabulary, list(uniq_txt), template)
+    if not strings:
+        return np.zeros((len(texts), 1), dtype=np.float32)
+    emb = np.asarray(encode(strings), dtype=np.float64)
+    w = np.where(pair_idx >= 0, np.asarray(word_w, dtype=np.float64), 0.0)
+    return np.einsum("bm,bmd->bd", w, emb[np.maximum(pair_idx, 0)]).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------- caption based

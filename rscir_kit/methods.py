@@ -340,18 +340,7 @@ def _freedom_prepare(ctx, options):
     idx, wts = compose.freedom_words(ctx.Qimg, ctx.X, vocab_emb, k=int(options["k"]), n=int(options["n"]),
                                      m=int(options["m"]))
     idx, wts = idx[ctx.img_of_pair], wts[ctx.img_of_pair]
-    # the distinct (word, text) strings in order of first appearance (pairs row-major)
-    key = np.where(idx >= 0, idx * len(ctx.uniq_txt) + ctx.txt_of_pair[:, None], -1)
-    seen = key.ravel() >= 0
-    uniq, first, inverse = np.unique(key.ravel()[seen], return_index=True, return_inverse=True)
-    rank = np.empty(len(uniq), dtype=np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(len(uniq))
-    pair_idx = np.full(key.size, -1, dtype=np.int64)
-    pair_idx[seen] = rank[inverse]
-    pair_idx = pair_idx.reshape(idx.shape)
-    combos = [None] * len(uniq)
-    for u, r in zip(uniq.tolist(), rank.tolist()):
-        combos[r] = f"{vocab[u // len(ctx.uniq_txt)]} {ctx.uniq_txt[u % len(ctx.uniq_txt)]}"
+    combos, pair_idx = compose.freedom_strings(idx, ctx.txt_of_pair, vocab, list(ctx.uniq_txt))
     emb = encode(combos).astype(np.float32)
     sims = None
     if _freedom_similarity_rows(len(combos), len(pair_idx), ctx.X.shape[0]):
